@@ -1,0 +1,84 @@
+"""Pure decisions: given what a page mapped and what the state file remembers, what to send.
+
+Nothing here reads or writes anything; `sync.py` hands in the facts and acts on the answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Decision = Literal["send", "same", "known-bad"]
+
+
+def payload_digest(payload: Mapping[str, Any]) -> bytes:
+    """A digest of a payload that ignores key order and whitespace."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+
+
+@dataclass(frozen=True)
+class Memory:
+    """What the state file says of one row: the last delivered and last refused payloads."""
+
+    input_digest: bytes | None = None
+    delivered: bytes | None = None
+    refused: bytes | None = None  # payload digest of a permanent rejection (dead letter)
+    refused_retriable: bool = False
+
+
+def must_map(input_digest: bytes, memory: Memory | None, force: bool = False) -> bool:
+    """Whether a row has to be mapped at all: not when its values are the ones last delivered."""
+    if force or memory is None:
+        return True
+    return memory.input_digest != input_digest or memory.refused is not None
+
+
+def decide(digest: bytes, memory: Memory | None, force: bool = False) -> Decision:
+    """Send a contact only when it differs from what Wiraya last accepted.
+
+    A payload that Wiraya refused for good is not sent again until it changes (or a user
+    retries it), so a bad row does not cost a request on every pass.
+    """
+    if force or memory is None:
+        return "send"
+    if memory.delivered == digest:
+        return "same"
+    if memory.refused == digest and not memory.refused_retriable:
+        return "known-bad"
+    return "send"
+
+
+def links_to_make(wanted: Iterable[tuple[str, str, str]],
+                  known: set[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+    """Links not yet made, each once, in the order first wanted."""
+    seen: set[tuple[str, str, str]] = set()
+    todo = []
+    for link in wanted:
+        if link not in known and link not in seen:
+            seen.add(link)
+            todo.append(link)
+    return todo
+
+
+def flag_changes(current: Mapping[tuple[str, str], bool],
+                 known: Mapping[tuple[str, str], bool]) -> tuple[list[tuple[str, str]],
+                                                                 list[tuple[str, str, bool]]]:
+    """Column-defined events: emit on each turn to true; record every changed state.
+
+    Returns `(emit, record)`: the `(contact, event)` pairs whose condition just became true
+    (first sight included), and every `(contact, event, active)` that differs from memory.
+    """
+    emit: list[tuple[str, str]] = []
+    record: list[tuple[str, str, bool]] = []
+    for pair, active in current.items():
+        before = known.get(pair)
+        if before == active:
+            continue
+        record.append((*pair, active))
+        if active:
+            emit.append(pair)
+    return emit, record

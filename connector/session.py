@@ -1,0 +1,65 @@
+"""Opening what a pass needs (database, state file, API client) and running passes in order.
+
+Shared by the one-shot commands, the daemon and the demo, so they all run passes the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from connector import config, logs
+from connector.errors import ConfigError
+from connector.source import Source
+from connector.state import State
+from connector.sync import Context, Report, StopFlag, run_pass
+from connector.wiraya import Wiraya
+
+
+@asynccontextmanager
+async def opened(settings: config.Settings, dry_run: bool = False,
+                 stop: StopFlag | None = None) -> AsyncIterator[Context]:
+    """A pass context; everything opened here is closed on the way out."""
+    if settings.source.url.get_secret_value():
+        from sqlalchemy.engine import make_url
+
+        logs.register_secret(make_url(settings.source.url.get_secret_value()).password)
+    source = Source(settings.source)
+    try:
+        state = State.open(settings.state)
+        try:
+            api = None if dry_run else Wiraya(settings.wiraya)
+            try:
+                ctx = Context(settings, source, state, api)
+                if stop is not None:
+                    ctx.stop = stop
+                yield ctx
+            finally:
+                if api is not None:
+                    await api.close()
+        finally:
+            state.close()
+    finally:
+        source.close()
+
+
+def pick_streams(settings: config.Settings, names: Sequence[str]) -> list[str]:
+    """The streams to run, contacts before events (an event waits for its contact)."""
+    unknown = [name for name in names if name not in settings.streams]
+    if unknown:
+        known = ", ".join(settings.streams)
+        raise ConfigError([(name, f"no such stream (known: {known})") for name in unknown],
+                          "streams")
+    wanted = set(names) if names else set(settings.streams)
+    return [name for name in [*settings.contacts, *settings.events] if name in wanted]
+
+
+async def run_streams(ctx: Context, names: Sequence[str], kind: str = "live",
+                      **options: Any) -> list[Report]:
+    reports = []
+    for name in names:
+        if ctx.stop.is_set():
+            break
+        reports.append(await run_pass(ctx, name, kind, **options))
+    return reports

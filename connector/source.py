@@ -1,0 +1,326 @@
+"""Every statement run against the customer database (SQLAlchemy Core).
+
+Reads only: each statement runs in a read-only transaction, and each page is its own short
+transaction, so the connector never holds a snapshot open on the customer's database.
+Table and column names come from the config and reach SQL only as quoted identifiers.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine, Row
+
+from connector import config
+from connector.errors import SourceError
+from connector.values import Position
+
+APPLICATION_NAME = "wiraya-connector"
+
+CURSOR_KINDS = ("timestamp", "timestamptz", "date", "integer", "number")
+
+
+@dataclass(frozen=True)
+class BoundStream:
+    """A stream's table as the database describes it, with the columns the stream reads."""
+
+    name: str
+    table: sa.Table
+    columns: tuple[sa.ColumnElement[Any], ...]  # in the order of `stream.columns()`
+    names: tuple[str, ...]
+    cursor: sa.ColumnElement[Any]
+    id: sa.ColumnElement[Any]
+    cursor_kind: str
+    cursor_nullable: bool
+    id_nullable: bool
+    id_is_integer: bool
+    is_view: bool
+
+
+class Source:
+    """The customer database."""
+
+    def __init__(self, settings: config.Source) -> None:
+        self.settings = settings
+        url = sa.engine.make_url(settings.url.get_secret_value())
+        self.dialect = url.get_backend_name()
+        connect_args: dict[str, Any] = {}
+        if self.dialect == "postgresql":
+            timeout_ms = int(settings.statement_timeout.total_seconds() * 1000)
+            connect_args = {
+                "application_name": APPLICATION_NAME,
+                "connect_timeout": max(1, int(settings.connect_timeout.total_seconds())),
+                "options": f"-c default_transaction_read_only=on -c statement_timeout={timeout_ms}",
+            }
+        self.engine: Engine = sa.create_engine(url, connect_args=connect_args,
+                                               pool_pre_ping=True, pool_size=4, max_overflow=4)
+        if self.dialect == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_read_only)
+        self._bound: dict[str, BoundStream] = {}
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- describing a stream's table ------------------------------------------------------
+
+    def bind(self, name: str, stream: config.ContactStream | config.EventStream,
+             section: str) -> BoundStream:
+        """Reflect the stream's table once; every missing column is named with its place."""
+        if name in self._bound:
+            return self._bound[name]
+        place = f"{section}.{name}"
+        try:
+            with self.engine.connect() as conn:
+                table = sa.Table(stream.table.name, sa.MetaData(), schema=stream.table.schema_,
+                                 autoload_with=conn)
+                is_view = stream.table.name in sa.inspect(conn).get_view_names(
+                    schema=stream.table.schema_)
+        except sa.exc.NoSuchTableError:
+            raise SourceError(f"{place}.table: no table or view named {stream.table} in "
+                              f"{self.settings.display_url}; check the name and the schema "
+                              "(write schema.table), and that the role may read it") from None
+        except sa.exc.SQLAlchemyError as exc:
+            raise SourceError(f"{place}: cannot read the definition of {stream.table}: "
+                              f"{describe(exc)}") from None
+        missing = [column for column in stream.columns() if column not in table.c]
+        if missing:
+            known = list(table.c.keys())
+            hints = []
+            for column in missing:
+                close = difflib.get_close_matches(column, known, n=1, cutoff=0.6)
+                hints.append(f"{column!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise SourceError(f"{place}: {stream.table} has no column {', '.join(hints)}; "
+                              f"its columns are {', '.join(known)}")
+        cursor = table.c[stream.cursor]
+        kind = cursor_kind(cursor.type)
+        if kind is None:
+            raise SourceError(f"{place}.cursor: column {stream.cursor!r} is "
+                              f"{cursor.type}; a cursor must be a timestamp, a date or an "
+                              "integer that grows when a row is written")
+        id_column = table.c[stream.id]
+        bound = BoundStream(
+            name=name, table=table,
+            columns=tuple(table.c[column] for column in stream.columns()),
+            names=tuple(stream.columns()), cursor=cursor, id=id_column,
+            cursor_kind=kind, cursor_nullable=bool(cursor.nullable),
+            id_nullable=bool(id_column.nullable),
+            id_is_integer=isinstance(id_column.type, sa.Integer), is_view=is_view)
+        self._bound[name] = bound
+        return bound
+
+    def cursor_indexed(self, bound: BoundStream) -> bool:
+        """Whether an index starts with the cursor column (a view: never known)."""
+        try:
+            with self.engine.connect() as conn:
+                inspector = sa.inspect(conn)
+                indexes = inspector.get_indexes(bound.table.name, schema=bound.table.schema)
+                primary = inspector.get_pk_constraint(bound.table.name, schema=bound.table.schema)
+        except sa.exc.SQLAlchemyError as exc:
+            raise SourceError(f"{bound.name}: cannot list indexes: {describe(exc)}") from None
+        firsts = [index["column_names"][0] for index in indexes if index["column_names"]]
+        firsts += (primary.get("constrained_columns") or [])[:1]
+        return bound.cursor.name in firsts
+
+    # -- reading --------------------------------------------------------------------------
+
+    def page(self, bound: BoundStream, limit: int, after: Position | None = None,
+             floor: Any = None, until: Any = None) -> list[Row[Any]]:
+        """The next `limit` rows in `(cursor, id)` order.
+
+        `after` is exclusive (keyset); `floor` is an inclusive cursor bound (the lookback
+        start); `until` an exclusive upper cursor bound (backfill ranges).
+        """
+        cursor, id_ = bound.cursor, bound.id
+        query = sa.select(*bound.columns).where(cursor.is_not(None), id_.is_not(None))
+        if floor is not None:
+            query = query.where(cursor >= self.coerce(bound, floor))
+        if after is not None:
+            at = self.coerce(bound, after.cursor)
+            query = query.where(cursor >= at, sa.or_(cursor > at, id_ > after.id))
+        if until is not None:
+            query = query.where(cursor < self.coerce(bound, until))
+        query = query.order_by(cursor, id_).limit(limit)
+        return self._all(bound, query)
+
+    def rows_by_id(self, bound: BoundStream, keys: Sequence[str]) -> list[Row[Any]]:
+        """Rows whose id is one of `keys` (ids as text), in `(cursor, id)` order."""
+        values = [self._id_value(bound, key) for key in keys]
+        values = [value for value in values if value is not None]
+        if not values:
+            return []
+        rows: list[Row[Any]] = []
+        for start in range(0, len(values), 1000):
+            query = (sa.select(*bound.columns)
+                     .where(bound.id.in_(values[start:start + 1000]))
+                     .order_by(bound.cursor, bound.id))
+            rows.extend(self._all(bound, query))
+        return rows
+
+    def rows_without_key(self, bound: BoundStream, floor: Any, limit: int) -> list[Row[Any]]:
+        """Rows that a keyset walk cannot reach: a NULL id (from `floor` on) or a NULL cursor."""
+        conditions: list[sa.ColumnElement[bool]] = []
+        if bound.id_nullable:
+            null_id: sa.ColumnElement[bool] = bound.id.is_(None)
+            if floor is not None:
+                null_id = sa.and_(null_id, bound.cursor >= self.coerce(bound, floor))
+            conditions.append(null_id)
+        if bound.cursor_nullable:
+            conditions.append(bound.cursor.is_(None))
+        if not conditions:
+            return []
+        query = sa.select(*bound.columns).where(sa.or_(*conditions)).limit(limit)
+        return self._all(bound, query)
+
+    def rows_at_cursor(self, bound: BoundStream, cursor: Any) -> list[Row[Any]]:
+        """Rows at one cursor value (to find again a row that had no id)."""
+        query = sa.select(*bound.columns).where(bound.cursor == self.coerce(bound, cursor))
+        return self._all(bound, query.limit(10_000))
+
+    def count(self, bound: BoundStream, floor: Any = None, until: Any = None) -> int:
+        query = sa.select(sa.func.count()).select_from(bound.table).where(
+            bound.cursor.is_not(None), bound.id.is_not(None))
+        if floor is not None:
+            query = query.where(bound.cursor >= self.coerce(bound, floor))
+        if until is not None:
+            query = query.where(bound.cursor < self.coerce(bound, until))
+        rows = self._all(bound, query)
+        return int(rows[0][0])
+
+    def _all(self, bound: BoundStream, query: sa.Select[Any]) -> list[Row[Any]]:
+        try:
+            with self.engine.connect() as conn:
+                return list(conn.execute(query).all())
+        except sa.exc.SQLAlchemyError as exc:
+            raise SourceError(f"{bound.name}: reading {bound.table.fullname} failed: "
+                              f"{describe(exc)}") from None
+
+    def _id_value(self, bound: BoundStream, key: str) -> Any:
+        if bound.id_is_integer:
+            try:
+                return int(key)
+            except ValueError:
+                return None
+        return key
+
+    def coerce(self, bound: BoundStream, value: Any) -> Any:
+        """A cursor value in the form the column compares with."""
+        if bound.cursor_kind == "timestamp" and isinstance(value, datetime) and value.tzinfo:
+            return value.astimezone(self.settings.zone).replace(tzinfo=None)
+        if bound.cursor_kind == "timestamptz" and isinstance(value, datetime) \
+                and value.tzinfo is None:
+            return value.replace(tzinfo=self.settings.zone)
+        if bound.cursor_kind == "date" and isinstance(value, datetime):
+            return value.date()
+        return value
+
+    # -- the open-transaction guard (PostgreSQL) ------------------------------------------
+
+    def oldest_open_transaction(self) -> datetime | None:
+        """When the oldest other open transaction on this database began, if any is visible.
+
+        A row written by that transaction may carry a cursor value from its start and
+        become visible only when it commits: the read must start no later than that.
+        """
+        if self.dialect != "postgresql":
+            return None
+        query = sa.text(
+            "SELECT min(xact_start) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND xact_start IS NOT NULL AND backend_type = 'client backend' "
+            "AND coalesce(application_name, '') <> :ours")
+        try:
+            with self.engine.connect() as conn:
+                value = conn.execute(query, {"ours": APPLICATION_NAME}).scalar()
+        except sa.exc.SQLAlchemyError as exc:
+            raise SourceError(f"reading pg_stat_activity failed: {describe(exc)}") from None
+        return value if isinstance(value, datetime) else None
+
+    def guard_visibility(self) -> str:
+        """'all' when the role sees every session's transactions, 'own' when only its own."""
+        if self.dialect != "postgresql":
+            return "none"
+        query = sa.text(
+            "SELECT rolsuper OR pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') "
+            "FROM pg_roles WHERE rolname = current_user")
+        try:
+            with self.engine.connect() as conn:
+                return "all" if conn.execute(query).scalar() else "own"
+        except sa.exc.SQLAlchemyError as exc:
+            raise SourceError(f"checking the role's rights failed: {describe(exc)}") from None
+
+    def now(self) -> datetime:
+        """The database's clock (PostgreSQL), else this machine's, as an aware time."""
+        if self.dialect == "postgresql":
+            try:
+                with self.engine.connect() as conn:
+                    value = conn.execute(sa.text("SELECT clock_timestamp()")).scalar()
+            except sa.exc.SQLAlchemyError as exc:
+                raise SourceError(f"the database did not answer: {describe(exc)}") from None
+            assert isinstance(value, datetime)
+            return value
+        return datetime.now(self.settings.zone)
+
+    def ping(self) -> str:
+        """Connect and ask for the server version; raises SourceError with a clear line."""
+        try:
+            with self.engine.connect() as conn:
+                if self.dialect == "postgresql":
+                    return str(conn.execute(sa.text("SHOW server_version")).scalar())
+                return "SQLite " + str(conn.execute(sa.text("SELECT sqlite_version()")).scalar())
+        except sa.exc.SQLAlchemyError as exc:
+            raise SourceError(f"cannot reach the database at {self.settings.display_url}: "
+                              f"{describe(exc)}") from None
+
+
+def cursor_kind(column_type: sa.types.TypeEngine[Any]) -> str | None:
+    if isinstance(column_type, sa.DateTime):
+        return "timestamptz" if column_type.timezone else "timestamp"
+    if isinstance(column_type, sa.Date):
+        return "date"
+    if isinstance(column_type, sa.Integer):
+        return "integer"
+    if isinstance(column_type, sa.Numeric) and not isinstance(column_type, sa.Float):
+        return "number"
+    return None
+
+
+def default_lookback(kind: str) -> timedelta | int:
+    return 1000 if kind in {"integer", "number"} else timedelta(minutes=10)
+
+
+def lookback_fits(kind: str, lookback: timedelta | int) -> bool:
+    """A time cursor takes a duration; an integer cursor a count of values."""
+    return isinstance(lookback, timedelta) == (kind not in {"integer", "number"})
+
+
+def comparable_cursor(kind: str, value: Any) -> Any:
+    """A cursor value as the keyset compares it (integers from Decimal, dates as dates)."""
+    if kind == "integer" and isinstance(value, Decimal):
+        return int(value)
+    if kind == "date" and isinstance(value, datetime):
+        return value.date()
+    return value
+
+
+def describe(exc: BaseException) -> str:
+    """One line about a database error, without the statement or its parameters."""
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+    return text[:300]
+
+
+def _sqlite_read_only(dbapi_connection: Any, _record: Any) -> None:
+    # Text that is not valid UTF-8 must reach the mapper (and become a dead letter) instead
+    # of failing the whole page inside the driver.
+    dbapi_connection.text_factory = lambda raw: raw.decode("utf-8", "surrogateescape")
+    dbapi_connection.execute("PRAGMA query_only = ON")
+
+
+__all__ = ["BoundStream", "Source", "date"]

@@ -1,0 +1,516 @@
+"""The connector's memory: one SQLite file.
+
+What it holds, per stream: the watermark (the highest `(cursor, id)` fully handled), a
+digest of each contact as last delivered, the campaign links made, a ledger of the events
+sent, the rows held back (dead letters and events waiting for their contact), and a short
+history of runs. Digests and ids only: no names, no phone numbers.
+
+The schema is an ordered list of migrations, each applied in one transaction. A page's
+outcome (watermark, digests, links, ledger, held rows) is written in one transaction, so
+the watermark never runs ahead of what Wiraya accepted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from connector.errors import StateError
+from connector.values import Position
+
+MIGRATIONS: list[str] = [
+    # 1: the first schema.
+    """
+    CREATE TABLE streams (
+        name        TEXT PRIMARY KEY,
+        high        TEXT,              -- Position as typed JSON
+        checkpoints TEXT,              -- recent (time, high cursor) pairs, JSON
+        updated_at  TEXT
+    );
+    CREATE TABLE contacts (
+        stream         TEXT NOT NULL,
+        contact_id     TEXT NOT NULL,
+        input_digest   BLOB,           -- of the source values and the mapping
+        payload_digest BLOB NOT NULL,  -- of the contact as Wiraya accepted it
+        delivered_at   INTEGER NOT NULL,
+        PRIMARY KEY (stream, contact_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE links (
+        contact_id TEXT NOT NULL,
+        campaign   TEXT NOT NULL,
+        iteration  TEXT NOT NULL,      -- '' when the link has no iteration
+        linked_at  INTEGER NOT NULL,
+        PRIMARY KEY (contact_id, campaign, iteration)
+    ) WITHOUT ROWID;
+    CREATE TABLE ledger (
+        stream  TEXT NOT NULL,
+        row_id  TEXT NOT NULL,
+        sent_at INTEGER NOT NULL,
+        PRIMARY KEY (stream, row_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE flags (
+        stream     TEXT NOT NULL,
+        contact_id TEXT NOT NULL,
+        event      TEXT NOT NULL,
+        active     INTEGER NOT NULL,
+        PRIMARY KEY (stream, contact_id, event)
+    ) WITHOUT ROWID;
+    CREATE TABLE held (
+        stream         TEXT NOT NULL,
+        row_key        TEXT NOT NULL,
+        state          TEXT NOT NULL CHECK (state IN ('dead', 'waiting')),
+        reason         TEXT NOT NULL,
+        retriable      INTEGER NOT NULL,
+        attempts       INTEGER NOT NULL,
+        contact_id     TEXT,
+        cursor         TEXT,           -- typed JSON, to find a row that has no id
+        payload_digest BLOB,
+        first_seen     TEXT NOT NULL,
+        last_seen      TEXT NOT NULL,
+        PRIMARY KEY (stream, row_key)
+    );
+    CREATE INDEX held_by_contact ON held (contact_id) WHERE state = 'waiting';
+    CREATE TABLE runs (
+        id          INTEGER PRIMARY KEY,
+        stream      TEXT NOT NULL,
+        kind        TEXT NOT NULL,
+        started_at  TEXT NOT NULL,
+        finished_at TEXT,
+        outcome     TEXT NOT NULL,
+        read        INTEGER NOT NULL DEFAULT 0,
+        sent        INTEGER NOT NULL DEFAULT 0,
+        skipped     INTEGER NOT NULL DEFAULT 0,
+        dead        INTEGER NOT NULL DEFAULT 0,
+        waiting     INTEGER NOT NULL DEFAULT 0,
+        error       TEXT
+    );
+    CREATE INDEX runs_by_stream ON runs (stream, id);
+    CREATE TABLE backfills (
+        stream      TEXT NOT NULL,
+        range_key   TEXT NOT NULL,     -- since/until as given
+        position    TEXT,              -- Position reached, typed JSON
+        done        INTEGER NOT NULL DEFAULT 0,
+        rows        INTEGER NOT NULL DEFAULT 0,
+        started_at  TEXT NOT NULL,
+        updated_at  TEXT NOT NULL,
+        PRIMARY KEY (stream, range_key)
+    );
+    """,
+]
+
+RUNS_KEPT = 500  # per stream; the history stays bounded
+_CHUNK = 900  # ids per IN (...) list
+
+
+def _now_text() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _marks(items: Sequence[Any]) -> str:
+    return ",".join("?" * len(items))
+
+
+@dataclass(frozen=True)
+class Held:
+    """A row held back: dead-lettered with its reason, or an event waiting for its contact."""
+
+    stream: str
+    row_key: str
+    state: str  # "dead" or "waiting"
+    reason: str
+    retriable: bool = False
+    attempts: int = 1
+    contact_id: str | None = None
+    cursor: str | None = None
+    payload_digest: bytes | None = None
+    first_seen: str = ""
+    last_seen: str = ""
+
+
+@dataclass(frozen=True)
+class Known:
+    """What the state file remembers of one contact."""
+
+    input_digest: bytes | None
+    payload_digest: bytes
+
+
+@dataclass
+class Commit:
+    """Everything one page produced, written in one transaction."""
+
+    watermark: Position | None = None
+    contacts: list[tuple[str, bytes | None, bytes]] = field(default_factory=list)
+    links: list[tuple[str, str, str]] = field(default_factory=list)
+    flags: list[tuple[str, str, bool]] = field(default_factory=list)
+    ledger: list[str] = field(default_factory=list)
+    held: list[Held] = field(default_factory=list)
+    cleared: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Run:
+    id: int
+    stream: str
+    kind: str
+    started_at: str
+    finished_at: str | None
+    outcome: str
+    read: int
+    sent: int
+    skipped: int
+    dead: int
+    waiting: int
+    error: str | None
+
+
+class State:
+    """The state file. Use from one thread; other processes may share the file (WAL)."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+
+    # -- opening ----------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: Path, create: bool = True) -> State:
+        path = Path(path)
+        if not path.exists():
+            if not create:
+                raise StateError(f"no state file at {path}; run a pass first (connector sync)")
+            _create_private(path)
+        try:
+            conn = sqlite3.connect(path, isolation_level=None, timeout=30,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            state = cls(conn, path)
+            state._migrate()
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise StateError(f"state file {path} is locked by another process; wait for it "
+                                 "to finish, or stop the other connector") from None
+            raise StateError(f"cannot use state file {path}: {exc}") from None
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"state file {path} is corrupt or not a connector state file "
+                             f"({exc}); move it aside to start afresh (the next pass then "
+                             "resends every contact) or restore a backup") from None
+        return state
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> State:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _migrate(self) -> None:
+        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise StateError(f"state file {self.path} was written by a newer connector (schema "
+                             f"{version}, this one knows {len(MIGRATIONS)}); upgrade the "
+                             "connector or point state: at another file")
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            try:
+                self._conn.executescript(
+                    f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+            except sqlite3.Error:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    # -- watermarks -------------------------------------------------------------------
+
+    def watermark(self, stream: str) -> Position | None:
+        row = self._conn.execute("SELECT high FROM streams WHERE name = ?", (stream,)).fetchone()
+        return Position.from_json(row[0]) if row and row[0] else None
+
+    def set_watermark(self, stream: str, position: Position | None) -> None:
+        """Set or clear a stream's watermark (for `connector reset`-style repairs and tests)."""
+        with self._write() as db:
+            self._put_watermark(db, stream, position)
+
+    def _put_watermark(self, db: sqlite3.Connection, stream: str,
+                       position: Position | None) -> None:
+        db.execute("INSERT INTO streams (name, high, updated_at) VALUES (?, ?, ?) "
+                   "ON CONFLICT (name) DO UPDATE SET high = excluded.high, "
+                   "updated_at = excluded.updated_at",
+                   (stream, position.to_json() if position else None, _now_text()))
+
+    def checkpoints(self, stream: str) -> list[tuple[float, str]]:
+        """Recent `(unix time, high position JSON)` pairs, oldest first."""
+        row = self._conn.execute("SELECT checkpoints FROM streams WHERE name = ?",
+                                 (stream,)).fetchone()
+        return [tuple(item) for item in json.loads(row[0])] if row and row[0] else []
+
+    def add_checkpoint(self, stream: str, at: float, position: Position, keep: int = 64) -> None:
+        items = [*self.checkpoints(stream), (at, position.to_json())][-keep:]
+        with self._write() as db:
+            db.execute("INSERT INTO streams (name, checkpoints, updated_at) VALUES (?, ?, ?) "
+                       "ON CONFLICT (name) DO UPDATE SET checkpoints = excluded.checkpoints",
+                       (stream, json.dumps(items), _now_text()))
+
+    # -- lookups for one page -----------------------------------------------------------
+
+    def known_contacts(self, stream: str, keys: Sequence[str]) -> dict[str, Known]:
+        found: dict[str, Known] = {}
+        for part in _chunks(keys):
+            rows = self._conn.execute(
+                "SELECT contact_id, input_digest, payload_digest FROM contacts "
+                f"WHERE stream = ? AND contact_id IN ({_marks(part)})", (stream, *part))
+            for key, input_digest, payload_digest in rows:
+                found[key] = Known(input_digest, payload_digest)
+        return found
+
+    def delivered(self, streams: Sequence[str], contact_ids: Sequence[str]) -> set[str]:
+        """The contact ids that any of `streams` has delivered to Wiraya."""
+        found: set[str] = set()
+        if not streams:
+            return found
+        for part in _chunks(contact_ids, _CHUNK - len(streams)):
+            rows = self._conn.execute(
+                f"SELECT contact_id FROM contacts WHERE stream IN ({_marks(streams)}) "
+                f"AND contact_id IN ({_marks(part)})", (*streams, *part))
+            found.update(row[0] for row in rows)
+        return found
+
+    def known_links(self, contact_ids: Sequence[str]) -> set[tuple[str, str, str]]:
+        found: set[tuple[str, str, str]] = set()
+        for part in _chunks(contact_ids):
+            rows = self._conn.execute(
+                "SELECT contact_id, campaign, iteration FROM links "
+                f"WHERE contact_id IN ({_marks(part)})", tuple(part))
+            found.update((a, b, c) for a, b, c in rows)
+        return found
+
+    def known_flags(self, stream: str, contact_ids: Sequence[str]) -> dict[tuple[str, str], bool]:
+        found: dict[tuple[str, str], bool] = {}
+        for part in _chunks(contact_ids):
+            rows = self._conn.execute(
+                "SELECT contact_id, event, active FROM flags "
+                f"WHERE stream = ? AND contact_id IN ({_marks(part)})", (stream, *part))
+            for contact_id, event, active in rows:
+                found[(contact_id, event)] = bool(active)
+        return found
+
+    def sent_events(self, stream: str, keys: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for part in _chunks(keys):
+            rows = self._conn.execute(
+                f"SELECT row_id FROM ledger WHERE stream = ? AND row_id IN ({_marks(part)})",
+                (stream, *part))
+            found.update(row[0] for row in rows)
+        return found
+
+    def held(self, stream: str, keys: Sequence[str] | None = None,
+             state: str | None = None, limit: int | None = None) -> list[Held]:
+        """Held rows of a stream: all of them, or those with the given keys."""
+        sql = "SELECT * FROM held WHERE stream = ?"
+        args: list[Any] = [stream]
+        if state:
+            sql += " AND state = ?"
+            args.append(state)
+        if keys is None:
+            sql += " ORDER BY last_seen, row_key"
+            if limit is not None:
+                sql += f" LIMIT {int(limit)}"
+            return [_held(row) for row in self._conn.execute(sql, args)]
+        found: list[Held] = []
+        for part in _chunks(keys):
+            rows = self._conn.execute(f"{sql} AND row_key IN ({_marks(part)})", (*args, *part))
+            found.extend(_held(row) for row in rows)
+        return found
+
+    def all_held(self, state: str | None = None) -> list[Held]:
+        sql = "SELECT * FROM held" + (" WHERE state = ?" if state else "")
+        sql += " ORDER BY stream, first_seen, row_key"
+        return [_held(row) for row in self._conn.execute(sql, (state,) if state else ())]
+
+    def waiting_for(self, contact_ids: Sequence[str]) -> list[Held]:
+        found: list[Held] = []
+        for part in _chunks(contact_ids):
+            rows = self._conn.execute(
+                "SELECT * FROM held WHERE state = 'waiting' "
+                f"AND contact_id IN ({_marks(part)})", tuple(part))
+            found.extend(_held(row) for row in rows)
+        return found
+
+    def touch_held(self, stream: str, keys: Sequence[str]) -> None:
+        """Mark held rows as looked at, so the next re-check takes others first."""
+        now = _now_text()
+        with self._write() as db:
+            for part in _chunks(keys):
+                db.execute(f"UPDATE held SET last_seen = ? WHERE stream = ? "
+                           f"AND row_key IN ({_marks(part)})", (now, stream, *part))
+
+    def held_counts(self) -> dict[tuple[str, str], int]:
+        rows = self._conn.execute("SELECT stream, state, count(*) FROM held GROUP BY 1, 2")
+        return {(stream, state): count for stream, state, count in rows}
+
+    # -- writing one page -----------------------------------------------------------------
+
+    def commit(self, stream: str, page: Commit) -> None:
+        """Write what a page produced in one transaction."""
+        stamp = int(time.time())
+        text_now = _now_text()
+        with self._write() as db:
+            if page.contacts:
+                db.executemany(
+                    "INSERT INTO contacts (stream, contact_id, input_digest, payload_digest, "
+                    "delivered_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (stream, contact_id) "
+                    "DO UPDATE SET input_digest = excluded.input_digest, "
+                    "payload_digest = excluded.payload_digest, "
+                    "delivered_at = CASE WHEN contacts.payload_digest = excluded.payload_digest "
+                    "THEN contacts.delivered_at ELSE excluded.delivered_at END",
+                    [(stream, key, inp, pay, stamp) for key, inp, pay in page.contacts])
+            if page.links:
+                db.executemany("INSERT OR IGNORE INTO links VALUES (?, ?, ?, ?)",
+                               [(*link, stamp) for link in page.links])
+            if page.flags:
+                db.executemany("INSERT INTO flags VALUES (?, ?, ?, ?) ON CONFLICT "
+                               "(stream, contact_id, event) DO UPDATE SET active = excluded.active",
+                               [(stream, cid, event, int(on)) for cid, event, on in page.flags])
+            if page.ledger:
+                db.executemany("INSERT OR IGNORE INTO ledger VALUES (?, ?, ?)",
+                               [(stream, key, stamp) for key in page.ledger])
+            if page.cleared:
+                for part in _chunks(page.cleared):
+                    db.execute(f"DELETE FROM held WHERE stream = ? AND row_key IN ({_marks(part)})",
+                               (stream, *part))
+            if page.held:
+                db.executemany(
+                    "INSERT INTO held (stream, row_key, state, reason, retriable, attempts, "
+                    "contact_id, cursor, payload_digest, first_seen, last_seen) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (stream, row_key) "
+                    "DO UPDATE SET state = excluded.state, reason = excluded.reason, "
+                    "retriable = excluded.retriable, attempts = held.attempts + 1, "
+                    "contact_id = excluded.contact_id, cursor = excluded.cursor, "
+                    "payload_digest = excluded.payload_digest, last_seen = excluded.last_seen",
+                    [(stream, h.row_key, h.state, h.reason, int(h.retriable), h.attempts,
+                      h.contact_id, h.cursor, h.payload_digest, text_now, text_now)
+                     for h in page.held])
+            if page.watermark is not None:
+                self._put_watermark(db, stream, page.watermark)
+
+    def forget_contacts(self, stream: str, keys: Iterable[str]) -> None:
+        """Drop digests so the next read resends these contacts (`backfill --resend`)."""
+        keys = list(keys)
+        with self._write() as db:
+            for part in _chunks(keys):
+                db.execute(f"DELETE FROM contacts WHERE stream = ? AND contact_id IN "
+                           f"({_marks(part)})", (stream, *part))
+
+    # -- runs -----------------------------------------------------------------------------
+
+    def start_run(self, stream: str, kind: str) -> int:
+        with self._write() as db:
+            cursor = db.execute("INSERT INTO runs (stream, kind, started_at, outcome) "
+                                "VALUES (?, ?, ?, 'running')", (stream, kind, _now_text()))
+            return int(cursor.lastrowid or 0)
+
+    def finish_run(self, run_id: int, outcome: str, counts: dict[str, int],
+                   error: str | None = None) -> None:
+        with self._write() as db:
+            db.execute("UPDATE runs SET finished_at = ?, outcome = ?, read = ?, sent = ?, "
+                       "skipped = ?, dead = ?, waiting = ?, error = ? WHERE id = ?",
+                       (_now_text(), outcome, counts.get("read", 0), counts.get("sent", 0),
+                        counts.get("skipped", 0), counts.get("dead", 0),
+                        counts.get("waiting", 0), error, run_id))
+            db.execute("DELETE FROM runs WHERE stream = (SELECT stream FROM runs WHERE id = ?) "
+                       "AND id <= (SELECT id FROM runs r WHERE r.stream = "
+                       "(SELECT stream FROM runs WHERE id = ?) ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                       (run_id, run_id, RUNS_KEPT))
+
+    def runs(self, stream: str | None = None, limit: int = 10) -> list[Run]:
+        sql = "SELECT * FROM runs" + (" WHERE stream = ?" if stream else "")
+        sql += f" ORDER BY id DESC LIMIT {int(limit)}"
+        return [Run(*row) for row in self._conn.execute(sql, (stream,) if stream else ())]
+
+    # -- backfills ------------------------------------------------------------------------
+
+    def backfill(self, stream: str, range_key: str) -> tuple[Position | None, bool, int] | None:
+        row = self._conn.execute("SELECT position, done, rows FROM backfills "
+                                 "WHERE stream = ? AND range_key = ?",
+                                 (stream, range_key)).fetchone()
+        if row is None:
+            return None
+        return (Position.from_json(row[0]) if row[0] else None, bool(row[1]), int(row[2]))
+
+    def save_backfill(self, stream: str, range_key: str, position: Position | None,
+                      rows: int, done: bool = False) -> None:
+        now = _now_text()
+        with self._write() as db:
+            db.execute("INSERT INTO backfills VALUES (?, ?, ?, ?, ?, ?, ?) "
+                       "ON CONFLICT (stream, range_key) DO UPDATE SET position = "
+                       "excluded.position, done = excluded.done, rows = excluded.rows, "
+                       "updated_at = excluded.updated_at",
+                       (stream, range_key, position.to_json() if position else None, int(done),
+                        rows, now, now))
+
+    def clear_backfill(self, stream: str, range_key: str) -> None:
+        with self._write() as db:
+            db.execute("DELETE FROM backfills WHERE stream = ? AND range_key = ?",
+                       (stream, range_key))
+
+    # -- counts for status ------------------------------------------------------------------
+
+    def count(self, table: str, stream: str) -> int:
+        if table not in {"contacts", "ledger", "flags"}:
+            raise ValueError(table)
+        row = self._conn.execute(f"SELECT count(*) FROM {table} WHERE stream = ?",
+                                 (stream,)).fetchone()
+        return int(row[0])
+
+    def link_count(self) -> int:
+        return int(self._conn.execute("SELECT count(*) FROM links").fetchone()[0])
+
+
+def _held(row: sqlite3.Row | tuple[Any, ...]) -> Held:
+    (stream, row_key, state, reason, retriable, attempts, contact_id, cursor, payload_digest,
+     first_seen, last_seen) = row
+    return Held(stream, row_key, state, reason, bool(retriable), attempts, contact_id, cursor,
+                payload_digest, first_seen, last_seen)
+
+
+def _create_private(path: Path) -> None:
+    """Create the state file readable by its owner only (and its folder, if new)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise StateError(f"cannot create state file {path}: {exc.strerror}; check that the "
+                         "folder exists and is writable, or set state: to another path") from None
+    os.close(fd)

@@ -1,0 +1,666 @@
+"""One pass of one stream: source -> mapping -> diff -> Wiraya -> state.
+
+This is the one module that orchestrates; the others do not import each other. A pass reads
+keyset pages from `watermark - lookback` on; for each page it maps what changed, sends it,
+and commits the page's outcome with the new watermark in one state transaction. The next
+page is read while the current one is delivered.
+
+Kinds of pass:
+- live: from the watermark on; moves the watermark.
+- backfill: a bounded `[since, until)` range, resumable; never moves the watermark.
+- retry: the rows held as dead letters, read again by id, sent whatever the digests say.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from connector import config, diff, metrics
+from connector.errors import ConnectorError, SourceError
+from connector.logs import for_stream
+from connector.mapping import (
+    ContactMapper,
+    EventMapper,
+    MappedContact,
+    MappedEvent,
+    Rejected,
+    as_key,
+    event_body,
+)
+from connector.source import (
+    Source,
+    comparable_cursor,
+    default_lookback,
+    lookback_fits,
+)
+from connector.state import Commit, Held, State
+from connector.values import Position, iso_z, now_utc, short, step_back, to_utc
+from connector.wiraya import Result, Wiraya
+
+log = logging.getLogger("connector.sync")
+
+RECHECK_LIMIT = 1000  # held rows looked at again per pass
+
+
+class StopFlag(Protocol):
+    def is_set(self) -> bool: ...
+
+
+class _Never:
+    def is_set(self) -> bool:
+        return False
+
+
+@dataclass
+class Context:
+    """What a pass needs: the settings and the three things it talks to."""
+
+    settings: config.Settings
+    source: Source
+    state: State
+    api: Wiraya | None  # None: a dry run, nothing is sent
+    stop: StopFlag = field(default_factory=_Never)
+
+    @property
+    def dry_run(self) -> bool:
+        return self.api is None
+
+
+@dataclass
+class Report:
+    """The outcome of one pass, for the CLI, the daemon and the run history."""
+
+    stream: str
+    kind: str
+    counts: Counter[str] = field(default_factory=Counter)
+    outcome: str = "ok"
+    error: str | None = None
+    exit_code: int = 0
+    seconds: float = 0.0
+    watermark: Position | None = None
+
+    def line(self) -> str:
+        parts = [f"{self.counts[name]} {name}" for name in
+                 ("read", "sent", "skipped", "linked", "events", "released", "waiting", "dead")
+                 if self.counts[name] or name in ("read", "sent", "skipped")]
+        text = f"{self.stream}: {', '.join(parts)} in {self.seconds:.2f}s"
+        if self.error:
+            text += f"; FAILED: {self.error}"
+        return text
+
+
+# ---------------------------------------------------------------------------
+# Entry points
+
+
+async def run_pass(ctx: Context, name: str, kind: str = "live", *, since: Any = None,
+                   until: Any = None, resend: bool = False, restart: bool = False) -> Report:
+    """Run one pass of one stream and record it; failures are reported, not raised."""
+    report = Report(name, kind)
+    stream = ctx.settings.streams[name]
+    started = time.monotonic()
+    run_id = None if ctx.dry_run else ctx.state.start_run(name, kind)
+    slog = for_stream(name)
+    try:
+        worker = _Pass(ctx, name, stream, report)
+        if kind == "live":
+            await worker.live()
+        elif kind == "backfill":
+            await worker.backfill(since, until, resend, restart)
+        elif kind == "retry":
+            await worker.retry_dead()
+        else:
+            raise ValueError(kind)
+        if ctx.stop.is_set():
+            report.outcome = "stopped"
+    except ConnectorError as exc:
+        report.outcome, report.error, report.exit_code = "failed", str(exc), exc.exit_code
+        slog.error("pass failed: %s", exc)
+    except Exception as exc:  # a bug: keep the daemon alive, say what happened
+        report.outcome, report.error, report.exit_code = "failed", f"{type(exc).__name__}: " \
+                                                                   f"{exc}", 1
+        slog.exception("pass failed unexpectedly")
+    report.seconds = time.monotonic() - started
+    metrics.PASSES.labels(name, report.outcome).inc()
+    if report.outcome == "ok":
+        metrics.LAST_SUCCESS.labels(name).set(time.time())
+    if run_id is not None:
+        ctx.state.finish_run(run_id, report.outcome, dict(report.counts), report.error)
+        counts = ctx.state.held_counts()
+        metrics.DEAD_LETTERS.labels(name).set(counts.get((name, "dead"), 0))
+        metrics.WAITING.labels(name).set(counts.get((name, "waiting"), 0))
+    slog.info("%s pass %s: %s", kind, report.outcome, report.line().split(": ", 1)[1])
+    return report
+
+
+# ---------------------------------------------------------------------------
+# A pass
+
+
+class _Pass:
+    def __init__(self, ctx: Context, name: str, stream: config.ContactStream | config.EventStream,
+                 report: Report) -> None:
+        self.ctx = ctx
+        self.name = name
+        self.stream = stream
+        self.report = report
+        self.counts = report.counts
+        self.is_contacts = isinstance(stream, config.ContactStream)
+        section = "contacts" if self.is_contacts else "events"
+        self.bound = ctx.source.bind(name, stream, section)
+        self.page_size = ctx.settings.page_size(stream)
+        zone = ctx.settings.source.zone
+        self.zone = zone
+        self.lookback = stream.lookback if stream.lookback is not None \
+            else default_lookback(self.bound.cursor_kind)
+        if not lookback_fits(self.bound.cursor_kind, self.lookback):
+            raise SourceError(
+                f"{section}.{name}.lookback: the cursor {stream.cursor!r} is "
+                f"{self.bound.cursor_kind}; give "
+                + ("a number of values (lookback: 1000)" if isinstance(self.lookback, timedelta)
+                   else "a duration (lookback: 10m)"))
+        self.contacts = ContactMapper(stream, self.bound.names, zone) \
+            if isinstance(stream, config.ContactStream) else None
+        self.events = EventMapper(stream, self.bound.names, zone) \
+            if isinstance(stream, config.EventStream) else None
+        self.cursor_index = self.bound.names.index(stream.cursor)
+        self.id_index = self.bound.names.index(stream.id)
+        self.log = for_stream(name)
+        self.held_now: set[str] = set()  # rows this pass has just held: not re-checked now
+
+    # -- kinds of pass ----------------------------------------------------------------------
+
+    async def live(self) -> None:
+        state = self.ctx.state
+        high = state.watermark(self.name)
+        floor = self._floor(high)
+        cap = self._cap()
+        async for rows in self._pages(floor=floor):
+            commit = await self._handle(rows)
+            last = self._position(rows[-1])
+            if cap is not None and comparable_cursor(self.bound.cursor_kind, last.cursor) > cap:
+                last = Position(cap, None)  # a cursor in the future must not lift the floor
+            if high is None or _after(last, high):
+                high = last
+            commit.watermark = high
+            await self._commit(commit)
+        self.report.watermark = high
+        if self.ctx.stop.is_set():
+            return
+        await self._unreachable_rows(floor)
+        await self._recheck_held()
+
+    async def backfill(self, since: Any, until: Any, resend: bool, restart: bool) -> None:
+        state = self.ctx.state
+        range_key = f"{_text(since)}..{_text(until)}"
+        if resend:
+            range_key += " resend"
+        saved = None if restart else state.backfill(self.name, range_key)
+        after = saved[0] if saved else None
+        done_rows = saved[2] if saved else 0
+        if saved and saved[1]:
+            after, done_rows = None, 0  # that range was finished before: do it again
+        if since is not None:
+            since = self.ctx.source.coerce(self.bound, since)
+        self.report.counts["resumed"] = done_rows
+        async for rows in self._pages(floor=since, after=after, until=until):
+            commit = await self._handle(rows, force=resend)
+            await self._commit(commit)
+            done_rows += len(rows)
+            after = self._position(rows[-1])
+            if not self.ctx.dry_run:
+                state.save_backfill(self.name, range_key, after, done_rows)
+        if not self.ctx.dry_run and not self.ctx.stop.is_set():
+            state.save_backfill(self.name, range_key, after, done_rows, done=True)
+
+    async def retry_dead(self) -> None:
+        held = self.ctx.state.held(self.name, state="dead")
+        await self._reread(held, force=True)
+
+    # -- reading ------------------------------------------------------------------------
+
+    def _floor(self, high: Position | None) -> Any:
+        """Where a live pass starts: the watermark less the lookback, and no later than the
+        oldest open transaction on PostgreSQL (a row it writes may commit late)."""
+        if high is None:
+            return None
+        floor = step_back(high.cursor, self.lookback)
+        kind = self.bound.cursor_kind
+        if kind in {"timestamp", "timestamptz", "date"}:
+            oldest = self.ctx.source.oldest_open_transaction()
+            if oldest is not None:
+                held_back = comparable_cursor(kind, self.ctx.source.coerce(self.bound, oldest))
+                if held_back < floor:
+                    self.log.info("an open transaction began at %s: reading from there",
+                                  oldest.isoformat())
+                    floor = held_back
+        return floor
+
+    def _cap(self) -> Any:
+        """The highest cursor the watermark may take: now, for time cursors."""
+        kind = self.bound.cursor_kind
+        if kind not in {"timestamp", "timestamptz", "date"}:
+            return None
+        return comparable_cursor(kind, self.ctx.source.coerce(self.bound, self.ctx.source.now()))
+
+    async def _pages(self, floor: Any = None, after: Position | None = None,
+                     until: Any = None) -> Any:
+        """Keyset pages; the next page is read while the caller handles this one."""
+        source, bound, size = self.ctx.source, self.bound, self.page_size
+
+        def read(after: Position | None) -> list[Any]:
+            return source.page(bound, size, after=after, floor=floor, until=until)
+
+        pending: asyncio.Future[list[Any]] | None = asyncio.ensure_future(
+            asyncio.to_thread(read, after))
+        try:
+            while pending is not None:
+                rows = await pending
+                pending = None
+                if not rows:
+                    return
+                if len(rows) == size and not self.ctx.stop.is_set():
+                    pending = asyncio.ensure_future(
+                        asyncio.to_thread(read, self._position(rows[-1])))
+                yield rows
+                if self.ctx.stop.is_set():
+                    return
+        finally:
+            if pending is not None:
+                pending.cancel()
+
+    def _position(self, row: Sequence[Any]) -> Position:
+        return Position(comparable_cursor(self.bound.cursor_kind, row[self.cursor_index]),
+                        row[self.id_index])
+
+    # -- handling a page ------------------------------------------------------------------
+
+    async def _handle(self, rows: Sequence[Sequence[Any]], force: bool = False) -> Commit:
+        self.counts["read"] += len(rows)
+        metrics.ROWS.labels(self.name, "read").inc(len(rows))
+        if self.contacts is not None:
+            return await self._handle_contacts(rows, force)
+        return await self._handle_events(rows, force)
+
+    async def _commit(self, commit: Commit) -> None:
+        if self.ctx.dry_run:
+            return
+        self.ctx.state.commit(self.name, commit)
+        if commit.held:
+            self._held_cache = True
+        if self.contacts is not None and commit.contacts:
+            # Only now, with the contacts on record, may their waiting events go.
+            await self._release_waiting([key for key, _, _ in commit.contacts])
+
+    def _key_rows(self, rows: Sequence[Sequence[Any]], commit: Commit
+                  ) -> dict[str, Sequence[Any]]:
+        """Rows by key, the last of a repeated id winning; bad ids become dead letters."""
+        mapper = self.contacts or self.events
+        assert mapper is not None
+        by_key: dict[str, Sequence[Any]] = {}
+        for row in rows:
+            try:
+                key = mapper.key(row)
+            except Rejected as exc:
+                self._dead(commit, _bad_key(row[self.id_index]), f"id: {exc.reason}",
+                           cursor=row[self.cursor_index])
+                continue
+            if key in by_key:
+                self.counts["repeated"] += 1
+            by_key[key] = row
+        return by_key
+
+    def _memories(self, keys: list[str]) -> dict[str, diff.Memory]:
+        state = self.ctx.state
+        known = state.known_contacts(self.name, keys) if self.contacts else {}
+        held = {h.row_key: h for h in state.held(self.name, keys)} if self._has_held() else {}
+        memories = {}
+        for key in keys:
+            k = known.get(key)
+            h = held.get(key)
+            if k is None and h is None:
+                continue
+            memories[key] = diff.Memory(
+                input_digest=k.input_digest if k else None,
+                delivered=k.payload_digest if k else None,
+                refused=h.payload_digest if h and h.state == "dead" else None,
+                refused_retriable=bool(h and h.retriable))
+        self._held_keys = set(held)
+        return memories
+
+    def _has_held(self) -> bool:
+        if not hasattr(self, "_held_cache"):
+            counts = self.ctx.state.held_counts()
+            self._held_cache = any(stream == self.name for stream, _ in counts)
+        return self._held_cache
+
+    async def _handle_contacts(self, rows: Sequence[Sequence[Any]], force: bool) -> Commit:
+        assert self.contacts is not None
+        mapper = self.contacts
+        commit = Commit()
+        by_key = self._key_rows(rows, commit)
+        keys = list(by_key)
+        memories = self._memories(keys)
+        inputs: dict[str, bytes] = {}
+        mapped: dict[str, MappedContact] = {}
+        for key in keys:
+            row = by_key[key]
+            digest = mapper.input_digest(row)
+            if not diff.must_map(digest, memories.get(key), force):
+                self.counts["skipped"] += 1
+                continue
+            inputs[key] = digest
+            try:
+                mapped[key] = mapper.map(row)
+            except Rejected as exc:
+                self._dead(commit, key, exc.reason, cursor=row[self.cursor_index])
+
+        send: dict[str, dict[str, Any]] = {}
+        digests: dict[str, bytes] = {}
+        present: set[str] = set()  # contacts Wiraya has as mapped now
+        for key, contact in mapped.items():
+            digest = diff.payload_digest(contact.payload)
+            digests[key] = digest
+            decision = diff.decide(digest, memories.get(key), force)
+            if decision == "send":
+                send[key] = contact.payload
+            elif decision == "same":
+                present.add(key)
+                self.counts["skipped"] += 1
+            else:
+                self.counts["skipped"] += 1  # refused before, unchanged since: not resent
+
+        state = self.ctx.state
+        wanted = [link.key for contact in mapped.values() for link in contact.links]
+        todo_links = diff.links_to_make(wanted, state.known_links(list(mapped)) if wanted
+                                        else set())
+        current = {(key, flag.event): flag.active for key, contact in mapped.items()
+                   for flag in contact.flags}
+        emit, record = diff.flag_changes(current, state.known_flags(self.name, list(mapped))
+                                         if current else {})
+
+        # Upserts first: a link or an event needs its contact to exist.
+        results = await self._send_contacts(send)
+        failed_keys: set[str] = set()
+        for key, result in results.items():
+            if result.ok:
+                present.add(key)
+                self.counts["sent"] += 1
+            else:
+                failed_keys.add(key)
+                self._dead(commit, key, result.reason, retriable=result.retriable,
+                           digest=digests[key])
+
+        link_items = [link for link in todo_links if link[0] in present]
+        link_results = await self._send_links(link_items)
+        for link, result in zip(link_items, link_results, strict=True):
+            if result.ok:
+                commit.links.append(link)
+                self.counts["linked"] += 1
+            else:
+                failed_keys.add(link[0])
+                self._dead(commit, link[0], result.reason, retriable=result.retriable)
+
+        flag_at = {(key, flag.event): flag.at for key, contact in mapped.items()
+                   for flag in contact.flags}
+        event_items = [(f"{key}\x1f{event}", key,
+                        event_body(event, flag_at[(key, event)] or iso_z(now_utc(), self.zone)))
+                       for key, event in emit if key in present]
+        event_results = await self._send_events(event_items)
+        emitted_ok = {(key, event) for (item_key, key, body) in event_items
+                      for event in [body["name"]] if event_results[item_key].ok}
+        for item_key, key, _body in event_items:
+            result = event_results[item_key]
+            if result.ok:
+                self.counts["events"] += 1
+            else:
+                failed_keys.add(key)
+                self._dead(commit, key, result.reason, retriable=result.retriable)
+        for key, event, active in record:
+            if key in present and (not active or (key, event) in emitted_ok):
+                commit.flags.append((key, event, active))
+
+        for key in present:
+            # A contact whose link or event failed is mapped again next time it is read.
+            commit.contacts.append((key, None if key in failed_keys else inputs[key],
+                                    digests[key]))
+            if key not in failed_keys and key in self._held_keys:
+                commit.cleared.append(key)
+        return commit
+
+    async def _handle_events(self, rows: Sequence[Sequence[Any]], force: bool) -> Commit:
+        assert self.events is not None and isinstance(self.stream, config.EventStream)
+        mapper = self.events
+        commit = Commit()
+        state = self.ctx.state
+        by_key = self._key_rows(rows, commit)
+        keys = list(by_key)
+        sent = state.sent_events(self.name, keys)
+        memories = self._memories(keys)
+        mapped: dict[str, MappedEvent] = {}
+        for key in keys:
+            if key in sent:
+                self.counts["skipped"] += 1
+                if key in self._held_keys:
+                    commit.cleared.append(key)
+                continue
+            try:
+                mapped[key] = mapper.map(by_key[key])
+            except Rejected as exc:
+                self._dead(commit, key, exc.reason, cursor=by_key[key][self.cursor_index])
+
+        waits_for = self.ctx.settings.contact_streams_for(self.stream)
+        ready = state.delivered(waits_for, sorted({e.contact_id for e in mapped.values()})) \
+            if waits_for else None
+        todo: list[tuple[str, str, dict[str, Any]]] = []
+        digests: dict[str, bytes] = {}
+        for key, event in mapped.items():
+            if ready is not None and event.contact_id not in ready:
+                self._wait(commit, key, event.contact_id, waits_for)
+                continue
+            digest = diff.payload_digest(event.body)
+            digests[key] = digest
+            memory = memories.get(key)
+            if diff.decide(digest, memory, force) == "known-bad":
+                self.counts["skipped"] += 1
+                continue
+            todo.append((key, event.contact_id, event.body))
+
+        results = await self._send_events(todo)
+        for key, result in results.items():
+            if result.ok:
+                commit.ledger.append(key)
+                self.counts["sent"] += 1
+                if key in self._held_keys:
+                    commit.cleared.append(key)
+            else:
+                self._dead(commit, key, result.reason, retriable=result.retriable,
+                           digest=digests[key], contact_id=mapped[key].contact_id)
+        return commit
+
+    # -- sending (or not, in a dry run) ---------------------------------------------------
+
+    async def _send_contacts(self, send: dict[str, dict[str, Any]]) -> dict[str, Result]:
+        if self.ctx.api is None:
+            return {key: Result.accepted() for key in send}
+        return await self.ctx.api.upsert_contacts(send)
+
+    async def _send_links(self, links: list[tuple[str, str, str]]) -> list[Result]:
+        if self.ctx.api is None:
+            return [Result.accepted() for _ in links]
+        bodies = [(cid, {"campaign": campaign, "iteration": iteration} if iteration
+                   else {"campaign": campaign}) for cid, campaign, iteration in links]
+        return await self.ctx.api.link_contacts(bodies)
+
+    async def _send_events(self, events: list[tuple[str, str, dict[str, Any]]]
+                           ) -> dict[str, Result]:
+        if self.ctx.api is None:
+            return {key: Result.accepted() for key, _, _ in events}
+        return await self.ctx.api.send_events(events)
+
+    # -- holding rows back ----------------------------------------------------------------
+
+    def _dead(self, commit: Commit, key: str, reason: str, *, retriable: bool = False,
+              digest: bytes | None = None, cursor: Any = None,
+              contact_id: str | None = None) -> None:
+        self.counts["dead"] += 1
+        metrics.ROWS.labels(self.name, "dead").inc()
+        self.log.warning("row %s held as a dead letter: %s", short(key, 60), reason)
+        self.held_now.add(key)
+        commit.held.append(Held(self.name, key, "dead", reason[:500], retriable,
+                                contact_id=contact_id,
+                                cursor=_cursor_json(cursor), payload_digest=digest))
+
+    def _wait(self, commit: Commit, key: str, contact_id: str, streams: list[str]) -> None:
+        self.counts["waiting"] += 1
+        reason = f"contact {contact_id} not yet delivered by {', '.join(streams)}"
+        for stream in streams:
+            for held in self.ctx.state.held(stream, [contact_id], state="dead"):
+                reason = f"contact {contact_id} is a dead letter in {stream}: {held.reason}"
+        commit.held.append(Held(self.name, key, "waiting", reason[:500], False,
+                                contact_id=contact_id))
+
+    async def _release_waiting(self, contact_ids: list[str]) -> None:
+        """Send, right after their contact, the events that were waiting for it."""
+        if self.ctx.dry_run:
+            return
+        waiting = self.ctx.state.waiting_for(contact_ids)
+        by_stream: dict[str, list[Held]] = {}
+        for item in waiting:
+            by_stream.setdefault(item.stream, []).append(item)
+        for stream, items in by_stream.items():
+            if stream not in self.ctx.settings.events:
+                continue
+            worker = _Pass(self.ctx, stream, self.ctx.settings.events[stream], Report(stream,
+                                                                                    "release"))
+            await worker._reread(items, force=False)
+            self.counts["released"] += worker.counts["sent"]
+
+    async def _recheck_held(self) -> None:
+        """Look again at held rows: fixed rows flow, waiting events whose contact arrived go."""
+        held = [h for h in self.ctx.state.held(self.name, limit=RECHECK_LIMIT)
+                if h.row_key not in self.held_now]
+        if not held:
+            return
+        waiting = [h for h in held if h.state == "waiting"]
+        if waiting and isinstance(self.stream, config.EventStream):
+            ready = self.ctx.state.delivered(
+                self.ctx.settings.contact_streams_for(self.stream),
+                sorted({h.contact_id for h in waiting if h.contact_id}))
+            waiting = [h for h in waiting if h.contact_id in ready]
+        dead = [h for h in held if h.state == "dead"]
+        await self._reread(waiting + dead, force=False)
+        if not self.ctx.dry_run:
+            self.ctx.state.touch_held(self.name, [h.row_key for h in held])
+
+    async def _reread(self, held: list[Held], force: bool) -> None:
+        """Read held rows again from the database (the freshest data) and handle them."""
+        if not held:
+            return
+        source, bound = self.ctx.source, self.bound
+        by_id = [h.row_key for h in held if not h.row_key.startswith(_NO_ID)]
+        rows = await asyncio.to_thread(source.rows_by_id, bound, by_id)
+        found: set[str] = set()
+        for start in range(0, len(rows), self.page_size):
+            page = rows[start:start + self.page_size]
+            for row in page:
+                with contextlib.suppress(Rejected):
+                    found.add(as_key(row[self.id_index]))
+            await self._commit(await self._handle(page, force=force))
+        gone = [key for key in by_id if key not in found]
+        without_id = [h for h in held if h.row_key.startswith(_NO_ID)]
+        for h in without_id:
+            cursor = _cursor_value(h.cursor)
+            at_cursor = await asyncio.to_thread(source.rows_at_cursor, bound, cursor) \
+                if cursor is not None else []
+            if all(row[self.id_index] is not None for row in at_cursor):
+                gone.append(h.row_key)
+                if at_cursor:
+                    await self._commit(await self._handle(at_cursor, force=force))
+        if gone:
+            self.log.info("%d held row(s) no longer exist in the database or now have an id; "
+                          "they are no longer held", len(gone))
+            await self._commit(Commit(cleared=gone))
+            self.counts["resolved"] += len(gone)
+
+    async def _unreachable_rows(self, floor: Any) -> None:
+        """Rows with a NULL id or a NULL cursor cannot be read in order: hold them visibly."""
+        rows = await asyncio.to_thread(self.ctx.source.rows_without_key, self.bound, floor,
+                                       RECHECK_LIMIT)
+        if not rows:
+            return
+        commit = Commit()
+        for row in rows:
+            row_id, cursor = row[self.id_index], row[self.cursor_index]
+            if row_id is None:
+                self._dead(commit, _bad_key(None, cursor), f"id column {self.stream.id} is "
+                           "NULL; give the row an id", cursor=cursor)
+            else:
+                self._dead(commit, _key_or_bad(row_id), f"cursor column {self.stream.cursor} "
+                           "is NULL; the row cannot be read in order until it has a value")
+        await self._commit(commit)
+
+
+_NO_ID = "(no id)"
+
+
+def _bad_key(raw_id: Any, cursor: Any = None) -> str:
+    if raw_id is None:
+        where = f" at cursor {cursor.isoformat() if hasattr(cursor, 'isoformat') else cursor}" \
+            if cursor is not None else ""
+        return f"{_NO_ID}{where}"
+    return f"(bad id) {short(repr(raw_id), 120)}"
+
+
+def _key_or_bad(raw_id: Any) -> str:
+    try:
+        return as_key(raw_id)
+    except Rejected:
+        return _bad_key(raw_id)
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
+def _cursor_json(cursor: Any) -> str | None:
+    if cursor is None:
+        return None
+    try:
+        return Position(cursor).to_json()
+    except TypeError:
+        return None
+
+
+def _cursor_value(text: str | None) -> Any:
+    return Position.from_json(text).cursor if text else None
+
+
+def _after(position: Position, other: Position) -> bool:
+    """Whether `position` is past `other` in `(cursor, id)` order (ids only break ties)."""
+    if position.cursor != other.cursor:
+        return bool(_comparable(position.cursor) > _comparable(other.cursor))
+    if position.id is None or other.id is None:
+        return position.id is not None
+    try:
+        return bool(position.id > other.id)
+    except TypeError:
+        return str(position.id) > str(other.id)
+
+
+def _comparable(value: Any) -> Any:
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return to_utc(value, value.tzinfo)
+    return value
+
+

@@ -1,0 +1,108 @@
+"""Values that cross module lines: a read position, and the text forms of times.
+
+Cursor and id values keep their full precision and type (microseconds, time zone, big
+integers, decimals) on their way into the state file and back.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta, tzinfo
+from decimal import Decimal
+from typing import Any
+
+ISO_Z = "%Y-%m-%dT%H:%M:%S"
+
+
+@dataclass(frozen=True)
+class Position:
+    """A point in a stream's `(cursor, id)` order. `id` is None for a cursor-only floor."""
+
+    cursor: Any
+    id: Any = None
+
+    def to_json(self) -> str:
+        return json.dumps({"cursor": encode(self.cursor), "id": encode(self.id)})
+
+    @classmethod
+    def from_json(cls, text: str) -> Position:
+        data = json.loads(text)
+        return cls(decode(data["cursor"]), decode(data["id"]))
+
+
+def encode(value: Any) -> list[Any] | None:
+    """A typed JSON form of a cursor or id value, exact to the last digit."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return ["bool", value]
+    if isinstance(value, int):
+        return ["int", str(value)]
+    if isinstance(value, datetime):
+        return ["datetime", value.isoformat()]
+    if isinstance(value, date):
+        return ["date", value.isoformat()]
+    if isinstance(value, Decimal):
+        return ["decimal", str(value)]
+    if isinstance(value, float):
+        return ["float", repr(value)]
+    if isinstance(value, uuid.UUID):
+        return ["uuid", str(value)]
+    if isinstance(value, str):
+        return ["str", value]
+    raise TypeError(f"cannot keep a {type(value).__name__} as a position")
+
+
+_DECODERS: dict[str, Any] = {
+    "bool": bool, "int": int, "datetime": datetime.fromisoformat, "date": date.fromisoformat,
+    "decimal": Decimal, "float": float, "uuid": uuid.UUID, "str": str,
+}
+
+
+def decode(item: list[Any] | None) -> Any:
+    if item is None:
+        return None
+    kind, text = item
+    return _DECODERS[kind](text)
+
+
+def to_utc(value: datetime, zone: tzinfo) -> datetime:
+    """An aware UTC time; a naive value is read in `zone` (the configured time zone)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=zone)
+    return value.astimezone(UTC)
+
+
+def iso_z(value: datetime, zone: tzinfo) -> str:
+    """`2026-11-26T18:04:05Z`, or with microseconds when the value has them."""
+    utc = to_utc(value, zone)
+    text = utc.strftime(ISO_Z)
+    if utc.microsecond:
+        text += f".{utc.microsecond:06d}".rstrip("0")
+    return text + "Z"
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def step_back(cursor: Any, lookback: timedelta | int) -> Any:
+    """The cursor `lookback` before `cursor`: a duration for times, a count for integers."""
+    if isinstance(cursor, datetime | date):
+        if isinstance(lookback, int):
+            lookback = timedelta(seconds=lookback)
+        if isinstance(cursor, datetime):
+            return cursor - lookback
+        return cursor - timedelta(days=-(-lookback // timedelta(days=1)))
+    if isinstance(cursor, int | Decimal | float) and not isinstance(cursor, bool):
+        rows = lookback if isinstance(lookback, int) else 0
+        return cursor - rows
+    return cursor
+
+
+def short(value: Any, limit: int = 80) -> str:
+    """A value as it may appear in a message: one line, bounded."""
+    text = str(value).replace("\n", "\\n").replace("\r", "\\r")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
