@@ -183,6 +183,11 @@ class Source:
         query = sa.select(*bound.columns).where(bound.cursor == self.coerce(bound, cursor))
         return self._all(bound, query.limit(10_000))
 
+    def highest_cursor(self, bound: BoundStream) -> Any:
+        """The highest cursor value visible now (an index lookup with a cursor index)."""
+        query = sa.select(sa.func.max(bound.cursor))
+        return self._all(bound, query)[0][0]
+
     def count(self, bound: BoundStream, floor: Any = None, until: Any = None) -> int:
         query = sa.select(sa.func.count()).select_from(bound.table).where(
             bound.cursor.is_not(None), bound.id.is_not(None))

@@ -181,13 +181,12 @@ class _Pass:
     async def live(self) -> None:
         state = self.ctx.state
         high = state.watermark(self.name)
-        floor = self._floor(high)
-        cap = self._cap()
+        floor, cap = self._window(high)
         async for rows in self._pages(floor=floor):
             commit = await self._handle(rows)
             last = self._position(rows[-1])
-            if cap is not None and comparable_cursor(self.bound.cursor_kind, last.cursor) > cap:
-                last = Position(cap, None)  # a cursor in the future must not lift the floor
+            if cap is not None and last.cursor > cap:
+                last = Position(cap, None)  # rows may still appear below here: stay
             if high is None or _after(last, high):
                 high = last
             commit.watermark = high
@@ -227,29 +226,45 @@ class _Pass:
 
     # -- reading ------------------------------------------------------------------------
 
-    def _floor(self, high: Position | None) -> Any:
-        """Where a live pass starts: the watermark less the lookback, and no later than the
-        oldest open transaction on PostgreSQL (a row it writes may commit late)."""
-        if high is None:
-            return None
-        floor = step_back(high.cursor, self.lookback)
-        kind = self.bound.cursor_kind
-        if kind in {"timestamp", "timestamptz", "date"}:
-            oldest = self.ctx.source.oldest_open_transaction()
-            if oldest is not None:
-                held_back = comparable_cursor(kind, self.ctx.source.coerce(self.bound, oldest))
-                if held_back < floor:
-                    self.log.info("an open transaction began at %s: reading from there",
-                                  oldest.isoformat())
-                    floor = held_back
-        return floor
+    def _window(self, high: Position | None) -> tuple[Any, Any]:
+        """Where a live pass starts reading, and the highest cursor its watermark may take.
 
-    def _cap(self) -> Any:
-        """The highest cursor the watermark may take: now, for time cursors."""
-        kind = self.bound.cursor_kind
-        if kind not in {"timestamp", "timestamptz", "date"}:
-            return None
-        return comparable_cursor(kind, self.ctx.source.coerce(self.bound, self.ctx.source.now()))
+        The start is the watermark less the lookback. The cap keeps the watermark from
+        passing a point after which rows may still appear: the pass's own start time (a
+        later transaction may commit rows at earlier times) and, on PostgreSQL, the start
+        of the oldest open transaction (it may commit rows at its start time, any time).
+        For an integer cursor the same points are found among checkpoints of the highest
+        visible value, since a transaction takes its ids after it starts.
+        """
+        source, bound, kind = self.ctx.source, self.bound, self.bound.cursor_kind
+        oldest = source.oldest_open_transaction()
+        now = source.now()
+        if kind in {"timestamp", "timestamptz", "date"}:
+            moment = min(now, oldest) if oldest is not None else now
+            cap = comparable_cursor(kind, source.coerce(bound, moment))
+        else:
+            cap = self._integer_cap(now, oldest, high)
+        floor = None if high is None else step_back(high.cursor, self.lookback)
+        if floor is not None and cap is not None and cap < floor:
+            if oldest is not None:
+                self.log.info("a transaction open since %s holds the read back",
+                              oldest.isoformat())
+            floor = cap
+        return floor, cap
+
+    def _integer_cap(self, now: datetime, oldest: datetime | None,
+                     high: Position | None) -> Any:
+        state, name = self.ctx.state, self.name
+        visible = self.ctx.source.highest_cursor(self.bound)
+        if not self.ctx.dry_run and visible is not None:
+            state.add_checkpoint(name, now.timestamp(), Position(visible))
+        if oldest is None:
+            return visible
+        before = [Position.from_json(text).cursor for at, text in state.checkpoints(name)
+                  if at < oldest.timestamp()]
+        if before:
+            return before[-1]
+        return high.cursor if high is not None else None
 
     async def _pages(self, floor: Any = None, after: Position | None = None,
                      until: Any = None) -> Any:
