@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import sys
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
@@ -22,8 +23,10 @@ from connector import __version__, config, logs
 from connector.errors import ConfigError, ConnectorError
 from connector.logs import mask
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# Wide enough for the status table when output goes to a file or a pipe.
+_WIDTH = max(shutil.get_terminal_size((160, 24)).columns, 100)
+out = Console(highlight=False, soft_wrap=True, width=_WIDTH)
+err = Console(stderr=True, highlight=False, soft_wrap=True, width=_WIDTH)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -110,10 +113,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _settings(args: argparse.Namespace) -> config.Settings:
+def _settings(args: argparse.Namespace, quiet: bool = False) -> config.Settings:
+    """Load the config and set up logging; one-shot commands log warnings and errors only,
+    since their own output already tells what each pass did."""
     settings = config.load(args.config)
-    logs.setup(args.log_format or settings.logging.format,
-               "debug" if args.verbose else settings.logging.level)
+    level = "debug" if args.verbose else settings.logging.level
+    if quiet and level in {"debug", "info"} and not args.verbose:
+        level = "warning"
+    logs.setup(args.log_format or settings.logging.format, level)
     return settings
 
 
@@ -123,7 +130,7 @@ def _settings(args: argparse.Namespace) -> config.Settings:
 def _sync(args: argparse.Namespace) -> int:
     from connector import session
 
-    settings = _settings(args)
+    settings = _settings(args, quiet=True)
     names = session.pick_streams(settings, args.streams)
 
     async def go() -> list[Any]:
@@ -177,7 +184,7 @@ def _cursor_arg(text: str | None, flag: str) -> Any:
 def _status(args: argparse.Namespace) -> int:
     from connector import report
 
-    settings = _settings(args)
+    settings = _settings(args, quiet=True)
     rows = report.status(settings)
     if args.json:
         out.print_json(json.dumps(rows, default=str))
@@ -205,7 +212,7 @@ def _status(args: argparse.Namespace) -> int:
 def _dead_list(args: argparse.Namespace) -> int:
     from connector import report
 
-    settings = _settings(args)
+    settings = _settings(args, quiet=True)
     held = report.held(settings, args.stream)
     if args.json:
         out.print_json(json.dumps(held))
@@ -226,7 +233,7 @@ def _dead_list(args: argparse.Namespace) -> int:
 def _dead_retry(args: argparse.Namespace) -> int:
     from connector import session
 
-    settings = _settings(args)
+    settings = _settings(args, quiet=True)
     names = session.pick_streams(settings, [args.stream] if args.stream else [])
 
     async def go() -> list[Any]:
@@ -249,7 +256,7 @@ def _dead_retry(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from connector import report
 
-    settings = _settings(args)
+    settings = _settings(args, quiet=True)
     findings = asyncio.run(report.check(settings))
     marks = {"ok": "[green]ok[/]  ", "warn": "[yellow]warn[/]", "fail": "[red]FAIL[/]"}
     for level, message in findings:

@@ -216,7 +216,7 @@ class StreamBase(_Model):
     id: str = Field(min_length=1)
     cursor: str = Field(min_length=1)
     # None: 10 minutes for a time cursor, 1000 values for an integer cursor.
-    lookback: Duration | int | None = None
+    lookback: timedelta | int | None = None
     every: Duration = timedelta(minutes=1)
     page_size: int | None = Field(default=None, gt=0, le=100_000)
 

@@ -137,7 +137,8 @@ async def run_pass(ctx: Context, name: str, kind: str = "live", *, since: Any = 
         counts = ctx.state.held_counts()
         metrics.DEAD_LETTERS.labels(name).set(counts.get((name, "dead"), 0))
         metrics.WAITING.labels(name).set(counts.get((name, "waiting"), 0))
-    slog.info("%s pass %s: %s", kind, report.outcome, report.line().split(": ", 1)[1])
+    if report.outcome != "failed":  # a failure was logged above, with its cause
+        slog.info("%s pass %s: %s", kind, report.outcome, report.line().split(": ", 1)[1])
     return report
 
 

@@ -72,8 +72,11 @@ class Reply:
 
 
 def contact_path(contact_id: str, tail: str = "") -> str:
-    """`/api/Contact/{id}` with the id URL-encoded, whatever characters it holds."""
-    return f"/api/Contact/{quote(contact_id, safe='')}{tail}"
+    """`/api/Contact/{id}` with the id URL-encoded, whatever characters it holds.
+
+    Dots are encoded too: an id of `.` or `..` would otherwise be read as a path step.
+    """
+    return f"/api/Contact/{quote(contact_id, safe='').replace('.', '%2E')}{tail}"
 
 
 def parse_expiry(text: object) -> datetime | None:
@@ -144,6 +147,7 @@ class Wiraya:
         self._refresh_at = 0.0
         self._token_lock = asyncio.Lock()
         self._warned: set[str] = set()
+        self._bulk_seen: set[str] = set()
         self.requests = 0
         logs.register_secret(settings.api_key.get_secret_value())
 
@@ -417,6 +421,11 @@ class Wiraya:
                         retry.append(cid)
                 return _ACCEPTED
 
+            if kind not in self._bulk_seen and len(batches) > 1:
+                # The first bulk call of a kind goes alone: if the route is missing, the
+                # fallback is known before the other batches go out.
+                await run(batches.pop(0))
+                self._bulk_seen.add(kind)
             await self._each(batches, lambda batch: batch[0], run)
             if retry:
                 await asyncio.sleep(self._backoff(max(attempts[cid] for cid in retry)))

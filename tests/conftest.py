@@ -25,7 +25,7 @@ from tests.pgserver import PgServer
 
 API_KEY = "test-api-key-7f3a9c"
 DB_USER = "connector"
-DB_PASSWORD = "db-pass-5e1b77"  # noqa: S105 - a throwaway test role's
+DB_PASSWORD = "db-pass-5e1b77"
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ unprivileged user (`postgres` if it exists, else `nobody`), since PostgreSQL ref
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -20,7 +21,7 @@ from pathlib import Path
 import psycopg
 
 SUPERUSER = "postgres"
-SUPERUSER_PASSWORD = "pg-super-secret"  # noqa: S105 - a throwaway test server's
+SUPERUSER_PASSWORD = "pg-super-secret"
 
 
 def find_bindir() -> Path:
@@ -66,7 +67,7 @@ class PgServer:
                 break
             entry = pwd.getpwnam(self.user or "nobody")
             os.chown(self.root, entry.pw_uid, entry.pw_gid)
-        os.chmod(self.root, 0o755)
+        os.chmod(self.root, 0o755)  # noqa: S103 - the server user must reach its folder
 
     def _run(self, *args: str) -> None:
         result = subprocess.run([str(self.bindir / args[0]), *args[1:]], capture_output=True,
@@ -101,10 +102,8 @@ class PgServer:
         return self
 
     def stop(self) -> None:
-        try:
+        with contextlib.suppress(RuntimeError):
             self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
-        except RuntimeError:
-            pass
 
     def pause(self) -> None:
         """Stop the server but keep its data (to test a database that goes away)."""

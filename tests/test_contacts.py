@@ -104,7 +104,8 @@ def test_full_precision_of_the_cursor_is_kept(db: Database, api: Sandbox,
                                               write_config) -> None:
     db.execute(CUSTOMERS)
     # Three rows one microsecond apart; page size 1 puts each boundary between them.
-    add_customers(db, 1, 3, at="'2026-11-01 12:00:00.000001+00'::timestamptz + i * interval '1 microsecond'")
+    add_customers(db, 1, 3,
+                  at="'2026-11-01 12:00:00.000001+00'::timestamptz + i * interval '1 microsecond'")
     path = write_config(contacts={"customers": customers_stream(page_size=1, lookback="0s")})
     report = run_passes(path)["customers"]
     assert report.counts["sent"] == 3
