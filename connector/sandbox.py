@@ -123,6 +123,7 @@ class Faults:
     strict_order: bool = True  # link/event for a never-upserted contact -> 404
     seed: int = 0  # faults are drawn from random.Random(seed)
     misbehave: str | None = None  # one of MISBEHAVIOURS, applied to /api calls
+    event_names: set[str] | None = None  # accepted event names (case-sensitive); None: any
 
 
 _RATE_FIELDS = frozenset({"error_rate", "drop_rate", "bulk_retry_rate", "bulk_reject_rate"})
@@ -132,6 +133,7 @@ _NON_NEGATIVE_FIELDS = frozenset({"token_lifetime", "latency"})
 def _faults_json(faults: Faults) -> dict[str, Any]:
     out = asdict(faults)
     out["reject_ids"] = sorted(faults.reject_ids)
+    out["event_names"] = None if faults.event_names is None else sorted(faults.event_names)
     return out
 
 
@@ -174,6 +176,12 @@ def _coerce_fault(name: str, value: Any) -> Any:
     if name == "reject_ids":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ValueError("reject_ids: must be a list of strings")
+        return set(value)
+    if name == "event_names":
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError("event_names: must be null or a list of strings")
         return set(value)
     if name == "misbehave":
         if value is not None and value not in MISBEHAVIOURS:
@@ -715,6 +723,8 @@ class Sandbox:
 
     def _event(self, cid: str, data: dict[str, Any], f: Faults) -> _Reply:
         problem = _check_event(data)
+        if problem is None and f.event_names is not None and data["name"] not in f.event_names:
+            problem = f"name: unknown event name {data['name']!r} (names are case-sensitive)"
         if problem is not None:
             return _error(problem)
         with self._lock:
