@@ -134,7 +134,8 @@ def _sync(args: argparse.Namespace) -> int:
     names = session.pick_streams(settings, args.streams)
 
     async def go() -> list[Any]:
-        async with session.opened(settings, dry_run=args.dry_run) as ctx:
+        async with session.opened(settings, dry_run=args.dry_run,
+                                  stop=session.stop_on_signals()) as ctx:
             return await session.run_streams(ctx, names)
 
     reports = asyncio.run(go())
@@ -237,7 +238,7 @@ def _dead_retry(args: argparse.Namespace) -> int:
     names = session.pick_streams(settings, [args.stream] if args.stream else [])
 
     async def go() -> list[Any]:
-        async with session.opened(settings) as ctx:
+        async with session.opened(settings, stop=session.stop_on_signals()) as ctx:
             return await session.run_streams(ctx, names, "retry")
 
     reports = asyncio.run(go())

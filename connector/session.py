@@ -5,6 +5,8 @@ Shared by the one-shot commands, the daemon and the demo, so they all run passes
 
 from __future__ import annotations
 
+import asyncio
+import signal
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -63,3 +65,15 @@ async def run_streams(ctx: Context, names: Sequence[str], kind: str = "live",
             break
         reports.append(await run_pass(ctx, name, kind, **options))
     return reports
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT: passes stop after the current page, state committed.
+
+    Call from inside the running event loop.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for number in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(number, stop.set)
+    return stop

@@ -12,18 +12,20 @@ the watermark never runs ahead of what Wiraya accepted.
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
 import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from connector.errors import StateError
+from connector.errors import StateError, StateLockedError
 from connector.values import Position
 
 MIGRATIONS: list[str] = [
@@ -514,3 +516,69 @@ def _create_private(path: Path) -> None:
         raise StateError(f"cannot create state file {path}: {exc.strerror}; check that the "
                          "folder exists and is writable, or set state: to another path") from None
     os.close(fd)
+
+
+# ---------------------------------------------------------------------------
+# Locks shared with other processes on this machine
+
+
+def _lock_path(state: Path, name: str) -> Path:
+    folder = state.parent / f".{state.name}.locks"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return folder / name
+
+
+class DaemonLock:
+    """Only one daemon may own a state file; the lock goes with the process, even a killed one."""
+
+    def __init__(self, state: Path) -> None:
+        self.path = _lock_path(state, "daemon")
+        self._fd: int | None = None
+
+    def acquire(self) -> DaemonLock:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StateLockedError(f"another connector daemon (pid {owner}) already uses this "
+                                   "state file; stop it first, or give this one its own "
+                                   "state: path") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+@asynccontextmanager
+async def stream_lock(state: Path, stream: str, wait: bool = True) -> AsyncIterator[bool]:
+    """Hold a stream while one page is handled and committed, across processes.
+
+    The daemon and a backfill of the same stream take turns page by page, so an event is
+    never checked against the ledger by both before either has written it. With
+    `wait=False` the lock is tried once; the body learns whether it got it.
+    """
+    fd = os.open(_lock_path(state, f"stream-{stream}"), os.O_RDWR | os.O_CREAT, 0o600)
+    got = False
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                got = True
+                break
+            except BlockingIOError:
+                if not wait:
+                    break
+                await asyncio.sleep(0.02)
+        yield got
+    finally:
+        if got:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

@@ -18,7 +18,8 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -41,7 +42,7 @@ from connector.source import (
     default_lookback,
     lookback_fits,
 )
-from connector.state import Commit, Held, State
+from connector.state import Commit, Held, State, stream_lock
 from connector.values import Position, iso_z, now_utc, short, step_back, to_utc
 from connector.wiraya import Result, Wiraya
 
@@ -68,6 +69,7 @@ class Context:
     state: State
     api: Wiraya | None  # None: a dry run, nothing is sent
     stop: StopFlag = field(default_factory=_Never)
+    on_page: Callable[[str, int], None] | None = None  # (stream, rows) after each page
 
     @property
     def dry_run(self) -> bool:
@@ -130,6 +132,11 @@ async def run_pass(ctx: Context, name: str, kind: str = "live", *, since: Any = 
         slog.exception("pass failed unexpectedly")
     report.seconds = time.monotonic() - started
     metrics.PASSES.labels(name, report.outcome).inc()
+    for outcome in ("read", "sent", "skipped", "dead", "waiting"):
+        metrics.ROWS.labels(name, outcome).inc(report.counts[outcome])
+    if report.watermark is not None and isinstance(report.watermark.cursor, datetime):
+        lag = now_utc() - to_utc(report.watermark.cursor, ctx.settings.source.zone)
+        metrics.LAG.labels(name).set(max(0.0, lag.total_seconds()))
     if report.outcome == "ok":
         metrics.LAST_SUCCESS.labels(name).set(time.time())
     if run_id is not None:
@@ -176,6 +183,7 @@ class _Pass:
         self.id_index = self.bound.names.index(stream.id)
         self.log = for_stream(name)
         self.held_now: set[str] = set()  # rows this pass has just held: not re-checked now
+        self.lock_wait = True  # False: skip a page whose stream another pass holds
 
     # -- kinds of pass ----------------------------------------------------------------------
 
@@ -184,14 +192,12 @@ class _Pass:
         high = state.watermark(self.name)
         floor, cap = self._window(high)
         async for rows in self._pages(floor=floor):
-            commit = await self._handle(rows)
             last = self._position(rows[-1])
             if cap is not None and last.cursor > cap:
                 last = Position(cap, None)  # rows may still appear below here: stay
             if high is None or _after(last, high):
                 high = last
-            commit.watermark = high
-            await self._commit(commit)
+            await self._step(rows, watermark=high)
         self.report.watermark = high
         if self.ctx.stop.is_set():
             return
@@ -200,10 +206,8 @@ class _Pass:
 
     async def backfill(self, since: Any, until: Any, resend: bool, restart: bool) -> None:
         state = self.ctx.state
-        range_key = f"{_text(since)}..{_text(until)}"
-        if resend:
-            range_key += " resend"
-        saved = None if restart else state.backfill(self.name, range_key)
+        key = range_key(since, until, resend)
+        saved = None if restart else state.backfill(self.name, key)
         after = saved[0] if saved else None
         done_rows = saved[2] if saved else 0
         if saved and saved[1]:
@@ -212,14 +216,13 @@ class _Pass:
             since = self.ctx.source.coerce(self.bound, since)
         self.report.counts["resumed"] = done_rows
         async for rows in self._pages(floor=since, after=after, until=until):
-            commit = await self._handle(rows, force=resend)
-            await self._commit(commit)
+            await self._step(rows, force=resend)
             done_rows += len(rows)
             after = self._position(rows[-1])
             if not self.ctx.dry_run:
-                state.save_backfill(self.name, range_key, after, done_rows)
+                state.save_backfill(self.name, key, after, done_rows)
         if not self.ctx.dry_run and not self.ctx.stop.is_set():
-            state.save_backfill(self.name, range_key, after, done_rows, done=True)
+            state.save_backfill(self.name, key, after, done_rows, done=True)
 
     async def retry_dead(self) -> None:
         held = self.ctx.state.held(self.name, state="dead")
@@ -299,9 +302,29 @@ class _Pass:
 
     # -- handling a page ------------------------------------------------------------------
 
+    @asynccontextmanager
+    async def _lock(self) -> AsyncIterator[bool]:
+        """This stream's page lock (shared with a backfill in another process)."""
+        if self.ctx.dry_run:
+            yield True
+            return
+        async with stream_lock(self.ctx.state.path, self.name, wait=self.lock_wait) as got:
+            yield got
+
+    async def _step(self, rows: Sequence[Sequence[Any]], force: bool = False,
+                    watermark: Position | None = None) -> None:
+        """Handle one page and commit its outcome, holding the stream's lock throughout."""
+        async with self._lock() as got:
+            if not got:
+                return  # another pass has the stream: it will see these rows
+            commit = await self._handle(rows, force)
+            commit.watermark = watermark
+            await self._commit(commit)
+        if self.ctx.on_page is not None:
+            self.ctx.on_page(self.name, len(rows))
+
     async def _handle(self, rows: Sequence[Sequence[Any]], force: bool = False) -> Commit:
         self.counts["read"] += len(rows)
-        metrics.ROWS.labels(self.name, "read").inc(len(rows))
         if self.contacts is not None:
             return await self._handle_contacts(rows, force)
         return await self._handle_events(rows, force)
@@ -528,7 +551,6 @@ class _Pass:
               digest: bytes | None = None, cursor: Any = None,
               contact_id: str | None = None) -> None:
         self.counts["dead"] += 1
-        metrics.ROWS.labels(self.name, "dead").inc()
         self.log.warning("row %s held as a dead letter: %s", short(key, 60), reason)
         self.held_now.add(key)
         commit.held.append(Held(self.name, key, "dead", reason[:500], retriable,
@@ -557,6 +579,7 @@ class _Pass:
                 continue
             worker = _Pass(self.ctx, stream, self.ctx.settings.events[stream], Report(stream,
                                                                                     "release"))
+            worker.lock_wait = False  # a pass of that stream now will send them itself
             await worker._reread(items, force=False)
             self.counts["released"] += worker.counts["sent"]
 
@@ -590,7 +613,7 @@ class _Pass:
             for row in page:
                 with contextlib.suppress(Rejected):
                     found.add(as_key(row[self.id_index]))
-            await self._commit(await self._handle(page, force=force))
+            await self._step(page, force=force)
         gone = [key for key in by_id if key not in found]
         without_id = [h for h in held if h.row_key.startswith(_NO_ID)]
         for h in without_id:
@@ -600,11 +623,13 @@ class _Pass:
             if all(row[self.id_index] is not None for row in at_cursor):
                 gone.append(h.row_key)
                 if at_cursor:
-                    await self._commit(await self._handle(at_cursor, force=force))
+                    await self._step(at_cursor, force=force)
         if gone:
             self.log.info("%d held row(s) no longer exist in the database or now have an id; "
                           "they are no longer held", len(gone))
-            await self._commit(Commit(cleared=gone))
+            async with self._lock() as got:
+                if got:
+                    await self._commit(Commit(cleared=gone))
             self.counts["resolved"] += len(gone)
 
     async def _unreachable_rows(self, floor: Any) -> None:
@@ -622,7 +647,9 @@ class _Pass:
             else:
                 self._dead(commit, _key_or_bad(row_id), f"cursor column {self.stream.cursor} "
                            "is NULL; the row cannot be read in order until it has a value")
-        await self._commit(commit)
+        async with self._lock() as got:
+            if got:
+                await self._commit(commit)
 
 
 _NO_ID = "(no id)"
@@ -641,6 +668,11 @@ def _key_or_bad(raw_id: Any) -> str:
         return as_key(raw_id)
     except Rejected:
         return _bad_key(raw_id)
+
+
+def range_key(since: Any, until: Any, resend: bool) -> str:
+    """How a backfill's range is known in the state file, to resume it."""
+    return f"{_text(since)}..{_text(until)}" + (" resend" if resend else "")
 
 
 def _text(value: Any) -> str:

@@ -1,0 +1,173 @@
+"""The daemon and the backfill command, as child processes on PostgreSQL and the sandbox."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from connector.sandbox import Sandbox
+from tests.conftest import CUSTOMERS, Database, add_customers, cli, customers_stream
+from tests.pgserver import PgServer
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Daemon:
+    def __init__(self, path: Path, *extra: str) -> None:
+        self.log_path = path.parent / f"daemon-{time.monotonic_ns()}.log"
+        self.log_file = self.log_path.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "connector", "--config", str(path), *extra, "run"],
+            stdout=self.log_file, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        self.process.send_signal(sig)
+        code = self.process.wait(timeout=timeout)
+        self.log_file.close()
+        return code
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    started: list[Daemon] = []
+    yield started
+    for daemon in started:
+        if daemon.process.poll() is None:
+            daemon.process.kill()
+            daemon.process.wait()
+
+
+def test_the_daemon_keeps_wiraya_up_to_date(db: Database, api: Sandbox, write_config,
+                                            daemons: list[Daemon], pg_server: PgServer) -> None:
+    db.execute(CUSTOMERS)
+    add_customers(db, 1, 100)
+    port = free_port()
+    path = write_config(contacts={"customers": customers_stream(every="1s")},
+                        metrics={"listen": f"127.0.0.1:{port}"}, logging={"format": "json"})
+    daemon = Daemon(path)
+    daemons.append(daemon)
+    wait_for(lambda: len(api.contacts) == 100, 30, "the first pass")
+
+    # Rows inserted and changed while it runs arrive within two intervals.
+    add_customers(db, 101, 5)
+    db.execute("UPDATE customers SET city = 'Changed', updated_at = now() "
+               "WHERE customer_id = 7")
+    started = time.monotonic()
+    wait_for(lambda: len(api.contacts) == 105
+             and api.contacts["7"]["general"]["city"] == "Changed", 10, "the changes")
+    assert time.monotonic() - started < 2 * 1.0 + 1.0  # two intervals, and a pass's time
+
+    health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    assert health.status_code == 200
+    assert health.json()["streams"]["customers"]["outcome"] == "ok"
+
+    def metric_text() -> str:
+        return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+
+    # The counters move when a pass ends, a moment after Wiraya has the rows.
+    sent = 'connector_rows_total{outcome="sent",stream="customers"} 106.0'  # 100 + 5 + 1
+    wait_for(lambda: sent in metric_text(), 5, "the metrics of the pass")
+    text = metric_text()
+    assert "connector_watermark_lag_seconds{stream=\"customers\"}" in text
+    assert "connector_api_latency_seconds_bucket" in text
+
+    status = json.loads(cli("--config", str(path), "status", "--json").stdout)
+    assert status[0]["last_run"]["outcome"] == "ok"
+
+    # A second daemon on the same state file is refused with a clear message.
+    second = cli("--config", str(path), "run", timeout=30)
+    assert second.returncode == 1
+    assert "another connector daemon (pid" in second.stderr
+
+    assert daemon.stop() == 0
+    lines = [json.loads(line) for line in daemon.log().splitlines() if line.strip()]
+    pass_lines = [line for line in lines if line["logger"] == "connector.sync"]
+    assert pass_lines and all(line["stream"] == "customers" for line in pass_lines)
+    assert any(line["message"] == "daemon stopped" for line in lines)
+
+
+def test_the_daemon_survives_a_database_outage(db: Database, api: Sandbox, write_config,
+                                               daemons: list[Daemon],
+                                               pg_server: PgServer) -> None:
+    db.execute(CUSTOMERS)
+    add_customers(db, 1, 10)
+    path = write_config(contacts={"customers": customers_stream(every="1s")})
+    daemon = Daemon(path)
+    daemons.append(daemon)
+    wait_for(lambda: len(api.contacts) == 10, 30, "the first pass")
+
+    pg_server.pause()
+    try:
+        wait_for(lambda: "pass failed" in daemon.log(), 15, "a failed pass")
+    finally:
+        pg_server.resume()
+    failure = next(line for line in daemon.log().splitlines() if "pass failed" in line)
+    assert "[customers] pass failed: customers: reading public.customers failed" in failure \
+        or "[customers] pass failed: " in failure
+    assert "db-pass" not in daemon.log()
+
+    add_customers(db, 11, 5)
+    wait_for(lambda: len(api.contacts) == 15, 30, "the catch-up after the outage")
+    assert daemon.process.poll() is None
+    assert daemon.stop() == 0
+
+
+def test_backfill_shows_progress_resumes_and_leaves_the_watermark(db: Database, api: Sandbox,
+                                                                  write_config) -> None:
+    db.execute(CUSTOMERS)
+    add_customers(db, 1, 200_000, at="'2026-01-01'::timestamptz + i * interval '1 second'")
+    path = write_config(contacts={"customers": customers_stream(page_size=5000)},
+                        wiraya={"bulk_size": 100, "concurrency": 8})
+    state = path.parent / "state" / "connector.db"
+
+    # Interrupted part way (Ctrl-C), it stops after the current page, state committed.
+    first = subprocess.Popen(
+        [sys.executable, "-m", "connector", "--config", str(path), "backfill", "customers",
+         "--until", "2026-01-03T12:00:00Z"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: len(api.contacts) > 20_000, 60, "the backfill to get going")
+    first.send_signal(signal.SIGINT)
+    _out, err = first.communicate(timeout=60)
+    assert first.returncode == 0, err
+    assert "stopped, run the same command to resume" in err
+    assert "backfill customers" in err and "rows" in err
+    part = len(api.contacts)
+    assert 20_000 < part < 200_000
+
+    resumed = cli("--config", str(path), "backfill", "customers", "--until",
+                  "2026-01-03T12:00:00Z", timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    # 2026-01-01 00:00:01 .. 2026-01-03 11:59:59: 215,999 seconds, but only 200,000 rows.
+    assert len(api.contacts) == 200_000
+    assert sum(api.contact_writes.values()) == 200_000  # every row delivered once
+    assert "200000/200000" in resumed.stderr.replace(",", "")
+    status = json.loads(cli("--config", str(path), "status", "--json").stdout)
+    assert status[0]["watermark"] is None  # no live pass ran, and backfill left it alone
+    assert state.exists()
