@@ -427,7 +427,7 @@ class _Pass:
                                          if current else {})
 
         # Upserts first: a link or an event needs its contact to exist.
-        results = await self._send_contacts(send)
+        results = await self._send_contacts(send, digests)
         failed_keys: set[str] = set()
         for key, result in results.items():
             if result.ok:
@@ -450,10 +450,11 @@ class _Pass:
 
         flag_at = {(key, flag.event): flag.at for key, contact in mapped.items()
                    for flag in contact.flags}
-        event_items = [(f"{key}\x1f{event}", key,
+        event_items = [(_FLAG.join((key, event)), key,
                         event_body(event, flag_at[(key, event)] or iso_z(now_utc(), self.zone)))
                        for key, event in emit if key in present]
-        event_results = await self._send_events(event_items)
+        event_results = await self._send_events(event_items, lambda keys: Commit(
+            flags=[(*_flag(key), True) for key in keys]))
         emitted_ok = {(key, event) for (item_key, key, body) in event_items
                       for event in [body["name"]] if event_results[item_key].ok}
         for item_key, key, _body in event_items:
@@ -513,7 +514,7 @@ class _Pass:
                 continue
             todo.append((key, event.contact_id, event.body))
 
-        results = await self._send_events(todo)
+        results = await self._send_events(todo, lambda keys: Commit(ledger=keys))
         for key, result in results.items():
             if result.ok:
                 commit.ledger.append(key)
@@ -526,24 +527,48 @@ class _Pass:
         return commit
 
     # -- sending (or not, in a dry run) ---------------------------------------------------
+    #
+    # What Wiraya accepted is written to the state file as each reply comes (not only at
+    # the end of the page), so a crash resends at most the requests that were in flight.
+    # A contact is first recorded without its input digest: until the page is committed
+    # whole, its links and events are not known to be done, so it is mapped again if read.
 
-    async def _send_contacts(self, send: dict[str, dict[str, Any]]) -> dict[str, Result]:
+    def _record_now(self, commit: Commit) -> None:
+        if not self.ctx.dry_run:
+            self.ctx.state.commit(self.name, commit)
+
+    async def _send_contacts(self, send: dict[str, dict[str, Any]],
+                             digests: dict[str, bytes]) -> dict[str, Result]:
         if self.ctx.api is None:
             return {key: Result.accepted() for key in send}
-        return await self.ctx.api.upsert_contacts(send)
+
+        def done(results: dict[str, Result]) -> None:
+            self._record_now(Commit(contacts=[(key, None, digests[key])
+                                              for key, result in results.items() if result.ok]))
+
+        return await self.ctx.api.upsert_contacts(send, done)
 
     async def _send_links(self, links: list[tuple[str, str, str]]) -> list[Result]:
         if self.ctx.api is None:
             return [Result.accepted() for _ in links]
+
+        def done(results: dict[int, Result]) -> None:
+            self._record_now(Commit(links=[links[index] for index, result in results.items()
+                                           if result.ok]))
+
         bodies = [(cid, {"campaign": campaign, "iteration": iteration} if iteration
                    else {"campaign": campaign}) for cid, campaign, iteration in links]
-        return await self.ctx.api.link_contacts(bodies)
+        return await self.ctx.api.link_contacts(bodies, done)
 
-    async def _send_events(self, events: list[tuple[str, str, dict[str, Any]]]
-                           ) -> dict[str, Result]:
+    async def _send_events(self, events: list[tuple[str, str, dict[str, Any]]],
+                           record: Callable[[list[str]], Commit]) -> dict[str, Result]:
         if self.ctx.api is None:
             return {key: Result.accepted() for key, _, _ in events}
-        return await self.ctx.api.send_events(events)
+
+        def done(results: dict[str, Result]) -> None:
+            self._record_now(record([key for key, result in results.items() if result.ok]))
+
+        return await self.ctx.api.send_events(events, done)
 
     # -- holding rows back ----------------------------------------------------------------
 
@@ -653,6 +678,12 @@ class _Pass:
 
 
 _NO_ID = "(no id)"
+_FLAG = "\x1f"  # joins a contact id and an event name into one key
+
+
+def _flag(key: str) -> tuple[str, str]:
+    contact_id, _, event = key.partition(_FLAG)
+    return contact_id, event
 
 
 def _bad_key(raw_id: Any, cursor: Any = None) -> str:

@@ -40,6 +40,7 @@ JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8", "Accept": "ap
 
 T = TypeVar("T")
 K = TypeVar("K")
+Done = Callable[[dict[K, "Result"]], None] | None  # hears outcomes as replies come
 
 
 @dataclass(frozen=True)
@@ -318,56 +319,67 @@ class Wiraya:
 
     # -- the calls ------------------------------------------------------------------------
 
-    async def upsert_contacts(self, contacts: dict[str, dict[str, Any]]) -> dict[str, Result]:
-        """Upsert each contact, in bulk calls when configured; one `Result` per contact id."""
+    async def upsert_contacts(self, contacts: dict[str, dict[str, Any]],
+                              done: Done[str] = None) -> dict[str, Result]:
+        """Upsert each contact, in bulk calls when configured; one `Result` per contact id.
+
+        `done` hears each reply's outcomes as soon as they are known, so a caller can record
+        them before the rest is sent (a crash then resends at most what was in flight).
+        """
         if not contacts:
             return {}
         if self.bulk_size > 1 and self.bulk_routes["contacts"]:
             return await self._bulk("contacts", "PUT", "/api/contact/_bulk", contacts,
-                                    self._upsert_one)
+                                    self._upsert_one, done)
         return await self._each(list(contacts.items()), lambda item: item[0],
-                                lambda item: self._upsert_one(*item))
+                                lambda item: self._upsert_one(*item), done)
 
     async def _upsert_one(self, contact_id: str, payload: dict[str, Any]) -> Result:
         reply = await self._deliver("PUT", contact_path(contact_id), payload, "contact")
         return self._outcome(reply, f"PUT contact {contact_id}")
 
-    async def link_contacts(self, links: Sequence[tuple[str, dict[str, Any]]]
-                            ) -> list[Result]:
-        """Link each `(contact id, {"campaign", "iteration"})`; results in the same order."""
+    async def link_contacts(self, links: Sequence[tuple[str, dict[str, Any]]],
+                            done: Done[int] = None) -> list[Result]:
+        """Link each `(contact id, {"campaign", "iteration"})`; results in the same order,
+        and `done` hears them by index."""
         if not links:
             return []
-        if self.bulk_size > 1 and self.bulk_routes["campaigns"]:
-            results: list[Result | None] = [None] * len(links)
-            # A bulk body is keyed by contact id: a contact's second link goes in a later round.
-            pending = list(range(len(links)))
-            while pending:
-                round_items: dict[str, int] = {}
-                later = []
-                for index in pending:
-                    contact_id = links[index][0]
-                    if contact_id in round_items:
-                        later.append(index)
-                    else:
-                        round_items[contact_id] = index
-                bodies = {cid: links[index][1] for cid, index in round_items.items()}
-                done = await self._bulk("campaigns", "POST", "/api/contact/campaigns/_bulk",
-                                        bodies, self._link_one)
-                for cid, index in round_items.items():
-                    results[index] = done[cid]
-                pending = later
-            return [result or Result(False, "not sent", True) for result in results]
-        outcome = await self._each(list(enumerate(links)), lambda item: item[0],
-                                   lambda item: self._link_one(*item[1]))
-        return [outcome[index] for index in range(len(links))]
+        if not (self.bulk_size > 1 and self.bulk_routes["campaigns"]):
+            outcome = await self._each(list(enumerate(links)), lambda item: item[0],
+                                       lambda item: self._link_one(*item[1]), done)
+            return [outcome[index] for index in range(len(links))]
+        results: dict[int, Result] = {}
+        # A bulk body is keyed by contact id: a contact's second link goes in a later round.
+        pending = list(range(len(links)))
+        while pending:
+            round_items: dict[str, int] = {}
+            later = []
+            for index in pending:
+                contact_id = links[index][0]
+                if contact_id in round_items:
+                    later.append(index)
+                else:
+                    round_items[contact_id] = index
+
+            def by_index(found: dict[str, Result],
+                         round_items: dict[str, int] = round_items) -> None:
+                if done is not None:
+                    done({round_items[cid]: result for cid, result in found.items()})
+
+            bodies = {cid: links[index][1] for cid, index in round_items.items()}
+            found = await self._bulk("campaigns", "POST", "/api/contact/campaigns/_bulk",
+                                     bodies, self._link_one, by_index)
+            results.update((round_items[cid], result) for cid, result in found.items())
+            pending = later
+        return [results[index] for index in range(len(links))]
 
     async def _link_one(self, contact_id: str, body: dict[str, Any]) -> Result:
         reply = await self._deliver("POST", contact_path(contact_id, "/campaigns"), body,
                                     "campaigns")
         return self._outcome(reply, f"link {contact_id} to {body.get('campaign')}")
 
-    async def send_events(self, events: Sequence[tuple[str, str, dict[str, Any]]]
-                          ) -> dict[str, Result]:
+    async def send_events(self, events: Sequence[tuple[str, str, dict[str, Any]]],
+                          done: Done[str] = None) -> dict[str, Result]:
         """Send each `(row key, contact id, body)`; there is no bulk route for events."""
         async def one(item: tuple[str, str, dict[str, Any]]) -> Result:
             _key, contact_id, body = item
@@ -375,27 +387,37 @@ class Wiraya:
                                         "events")
             return self._outcome(reply, f"event {body.get('name')} for {contact_id}")
 
-        return await self._each(list(events), lambda item: item[0], one)
+        return await self._each(list(events), lambda item: item[0], one, done)
 
     # -- fan-out --------------------------------------------------------------------------
 
-    async def _each(self, items: list[T], key: Callable[[T], K],
-                    call: Callable[[T], Awaitable[Result]]) -> dict[K, Result]:
+    async def _fan_out(self, items: list[T], call: Callable[[T], Awaitable[None]]) -> None:
         """Run `call` on every item with at most `concurrency` in flight."""
-        results: dict[K, Result] = {}
         queue = iter(items)
 
         async def worker() -> None:
             for item in queue:
-                results[key(item)] = await call(item)
+                await call(item)
 
-        workers = min(self.settings.concurrency, len(items))
-        await _gather([worker() for _ in range(workers)])
+        await _gather([worker() for _ in range(min(self.settings.concurrency, len(items)))])
+
+    async def _each(self, items: list[T], key: Callable[[T], K],
+                    call: Callable[[T], Awaitable[Result]], done: Done[K]) -> dict[K, Result]:
+        """One call per item; each outcome is told to `done` as soon as it is known."""
+        results: dict[K, Result] = {}
+
+        async def one(item: T) -> None:
+            result = await call(item)
+            results[key(item)] = result
+            if done is not None:
+                done({key(item): result})
+
+        await self._fan_out(items, one)
         return results
 
     async def _bulk(self, kind: str, method: str, path: str, items: dict[str, dict[str, Any]],
-                    single: Callable[[str, dict[str, Any]], Awaitable[Result]]
-                    ) -> dict[str, Result]:
+                    single: Callable[[str, dict[str, Any]], Awaitable[Result]],
+                    done: Done[str]) -> dict[str, Result]:
         """Bulk calls of up to `bulk_size` items; per-item retries; falls back when needed."""
         results: dict[str, Result] = {}
         attempts: dict[str, int] = dict.fromkeys(items, 0)
@@ -405,28 +427,31 @@ class Wiraya:
             batches = [todo[start:start + size] for start in range(0, len(todo), size)]
             retry: list[str] = []
 
-            async def run(batch: list[str], retry: list[str] = retry) -> Result:
+            async def run(batch: list[str], retry: list[str] = retry) -> None:
                 for cid in batch:
                     attempts[cid] += 1
                 outcome = await self._bulk_once(kind, method, path,
                                                 {cid: items[cid] for cid in batch}, single)
+                final: dict[str, Result] = {}
                 for cid, result in outcome.items():
                     if result.ok or not result.retriable or result.status != -1:
-                        results[cid] = result
+                        final[cid] = result
                     elif attempts[cid] >= self.settings.max_attempts:
-                        results[cid] = Result(False, f"{kind} {cid}: Wiraya asked for a retry "
-                                                     f"{attempts[cid]} times; giving up for now",
-                                              True, 200)
+                        final[cid] = Result(False, f"{kind} {cid}: Wiraya asked for a retry "
+                                                   f"{attempts[cid]} times; giving up for now",
+                                            True, 200)
                     else:
                         retry.append(cid)
-                return _ACCEPTED
+                results.update(final)
+                if done is not None and final:
+                    done(final)
 
             if kind not in self._bulk_seen and len(batches) > 1:
                 # The first bulk call of a kind goes alone: if the route is missing, the
                 # fallback is known before the other batches go out.
                 await run(batches.pop(0))
                 self._bulk_seen.add(kind)
-            await self._each(batches, lambda batch: batch[0], run)
+            await self._fan_out(batches, run)
             if retry:
                 await asyncio.sleep(self._backoff(max(attempts[cid] for cid in retry)))
             todo = retry

@@ -1220,11 +1220,51 @@ ANY_VALUE: st.SearchStrategy[Any] = st.one_of(
     st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
 )
 
+_IDS = st.one_of(st.integers(), st.uuids(),
+                 st.text(st.characters(categories=["L", "N", "P"]), min_size=1, max_size=20))
+_TIMES = st.one_of(st.datetimes(min_value=datetime(1901, 1, 1)),
+                   st.datetimes(min_value=datetime(1901, 1, 1), timezones=st.timezones()))
+
+# Plausible values per column; each row takes arbitrary values in a drawn set of columns
+# (sometimes all of them) and plausible ones elsewhere, so that rows reach every field.
 GOOD_VALUES: dict[str, st.SearchStrategy[Any]] = {
-    "customer_id": st.one_of(st.integers(), st.text(min_size=1, max_size=20), st.uuids()),
+    "customer_id": _IDS,
+    "order_id": _IDS,
+    "updated_at": _TIMES,
     "mobile": st.sampled_from(SE_SHAPES),
-    "updated_at": st.datetimes(),
+    "first_name": st.text(max_size=20),
+    "born": st.dates(min_value=date(1900, 1, 1), max_value=date(2020, 1, 1)),
+    "city": st.one_of(st.none(), st.text(max_size=20)),
+    "created_at": _TIMES,
+    "logins": st.one_of(st.none(), st.integers(-(2**63), 2**63)),
+    "score": st.one_of(st.floats(allow_nan=False, allow_infinity=False),
+                       st.decimals(allow_nan=False, allow_infinity=False, places=4)),
+    "vip": st.one_of(st.booleans(), st.sampled_from(["t", "false", 1, 0])),
+    "note": st.text(max_size=50),
+    "since": st.one_of(st.dates(min_value=date(1901, 1, 1)), _TIMES),
+    "ref": st.sampled_from([None, "+46 70 413 45 61", "+44 7911 123456", "0049 30 1234567"]),
+    "cohort": st.one_of(st.none(), st.dates(min_value=date(1901, 1, 1)), _TIMES),
+    "status": st.sampled_from(["active", "closed", None, 1, True, "paused"]),
+    "segment": st.one_of(st.none(), st.text(max_size=20)),
+    "opted_out": st.one_of(st.none(), st.booleans()),
+    "opted_out_at": st.one_of(st.none(), _TIMES),
+    "happened": _TIMES,
+    "total": st.one_of(st.none(), st.integers(), st.decimals(allow_nan=False,
+                                                             allow_infinity=False, places=2)),
 }
+
+
+def _rows(columns: list[str]) -> st.SearchStrategy[tuple[Any, ...]]:
+    @st.composite
+    def rows(draw: st.DrawFn) -> tuple[Any, ...]:
+        if draw(st.integers(0, 9)) == 0:
+            wild = set(columns)
+        else:
+            wild = draw(st.sets(st.sampled_from(columns), max_size=3))
+        return tuple(draw(ANY_VALUE if column in wild or column not in GOOD_VALUES
+                          else GOOD_VALUES[column])
+                     for column in columns)
+    return rows()
 
 
 def _known_bug(value: Any) -> bool:
@@ -1280,14 +1320,8 @@ def property_stream() -> config.ContactStream:
 PROPERTY_STREAM = property_stream()
 
 
-@st.composite
-def contact_rows(draw: st.DrawFn) -> tuple[Any, ...]:
-    values = []
-    for column in PROPERTY_STREAM.columns():
-        good = GOOD_VALUES.get(column)
-        strategy = st.one_of(good, ANY_VALUE) if good is not None else ANY_VALUE
-        values.append(draw(strategy))
-    return tuple(values)
+def contact_rows() -> st.SearchStrategy[tuple[Any, ...]]:
+    return _rows(PROPERTY_STREAM.columns())
 
 
 def _scalar(value: Any) -> bool:
@@ -1338,15 +1372,8 @@ EVENT_STREAM = event_stream(at="happened", name="Conversion",
                             fields={"amount": "total", "note": "note"})
 
 
-@st.composite
-def event_rows(draw: st.DrawFn) -> tuple[Any, ...]:
-    good: dict[str, st.SearchStrategy[Any]] = {
-        "order_id": GOOD_VALUES["customer_id"],
-        "customer_id": GOOD_VALUES["customer_id"],
-        "happened": st.datetimes(),
-    }
-    return tuple(draw(st.one_of(good[c], ANY_VALUE) if c in good else ANY_VALUE)
-                 for c in EVENT_STREAM.columns())
+def event_rows() -> st.SearchStrategy[tuple[Any, ...]]:
+    return _rows(EVENT_STREAM.columns())
 
 
 @PROPERTY_SETTINGS
