@@ -135,7 +135,7 @@ def test_sigterm_finishes_the_page_and_exits_0(db: Database, api: Sandbox,
     while len(api.contacts) < 500 and time.monotonic() < deadline:
         time.sleep(0.02)
     process.send_signal(signal.SIGTERM)
-    out, err = process.communicate(timeout=60)
+    _out, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
     sent = len(api.contacts)
     assert 500 <= sent < 3_000
