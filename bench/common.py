@@ -384,7 +384,10 @@ def self_peak_rss_mb() -> float:
 
 def flat_profile(session_obj: Any, top: int = 15) -> list[str]:
     """A pyinstrument session as two flat lists: functions by own (self) time, and the
-    connector's functions by total time, each with its share of the whole run."""
+    connector's functions by total time, each with its share of the whole run.
+
+    Own time of a Python function includes the C functions it calls (hashing, sqlite3,
+    socket calls): the sampler sees Python frames only."""
     root = session_obj.root_frame()
     if root is None:
         return ["(no samples)"]
@@ -397,8 +400,11 @@ def flat_profile(session_obj: Any, top: int = 15) -> list[str]:
         return f"{frame.function} ({path}:{frame.line_no})"
 
     def walk(frame: Any, stack: frozenset[str]) -> None:
+        if frame.is_synthetic_leaf:  # pyinstrument's "[self]": counted in its parent
+            return
         label = name(frame)
-        children_time = sum(child.time for child in frame.children)
+        children_time = sum(child.time for child in frame.children
+                            if not child.is_synthetic_leaf)
         own[label] = own.get(label, 0.0) + max(0.0, frame.time - children_time)
         if label not in stack:  # recursion counted once
             inclusive[label] = inclusive.get(label, 0.0) + frame.time
