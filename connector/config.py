@@ -236,33 +236,30 @@ class StreamBase(_Model):
 class ContactStream(StreamBase):
     personal: dict[str, FieldMap] = Field(default_factory=dict)
     general: dict[str, FieldMap] = Field(default_factory=dict)
+    campaign: CampaignLink | None = None  # the short form of one entry in `campaigns`
     campaigns: list[CampaignLink] = Field(default_factory=list)
     events: list[ColumnEvent] = Field(default_factory=list)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _campaign_alias(cls, value: object) -> object:
-        # `campaign: {...}` is the short form of `campaigns: [{...}]`.
-        if isinstance(value, dict) and "campaign" in value:
-            value = dict(value)
-            if "campaigns" in value:
-                raise ValueError("give either campaign or campaigns, not both")
-            value["campaigns"] = [value.pop("campaign")]
-        return value
-
     @model_validator(mode="after")
-    def _has_fields(self) -> ContactStream:
+    def _whole(self) -> ContactStream:
         if not self.personal and not self.general:
             raise ValueError("map at least one field under personal or general "
                              "(Wiraya needs at least personal.phoneNumber)")
+        if self.campaign is not None and self.campaigns:
+            raise ValueError("give either campaign or campaigns, not both")
         return self
+
+    @property
+    def links(self) -> list[CampaignLink]:
+        """Every campaign this stream links its contacts to."""
+        return [self.campaign] if self.campaign is not None else list(self.campaigns)
 
     def columns(self) -> list[str]:
         """Every column this stream reads, in a stable order, without repeats."""
         names = [self.id, self.cursor]
         names += [f.column for f in self.personal.values()]
         names += [f.column for f in self.general.values()]
-        for link in self.campaigns:
+        for link in self.links:
             if link.iteration and link.iteration.column:
                 names.append(link.iteration.column)
             if link.when:
@@ -275,8 +272,8 @@ class ContactStream(StreamBase):
 
     def fingerprint(self) -> str:
         """Digest of everything that shapes the payloads; a change re-maps every row read."""
-        shape = self.model_dump(mode="json", include={"id", "personal", "general", "campaigns",
-                                                      "events"})
+        shape = self.model_dump(mode="json", include={"id", "personal", "general", "events"})
+        shape["campaigns"] = [link.model_dump(mode="json") for link in self.links]
         return _digest(shape)
 
 
@@ -326,12 +323,16 @@ class Source(_Model):
     @field_validator("url")
     @classmethod
     def _url(cls, value: SecretStr) -> SecretStr:
+        # No message here may quote the URL or a part of it: it holds the password.
         try:
             url = make_url(value.get_secret_value())
-        except ArgumentError:
+        except (ArgumentError, ValueError):
             raise ValueError("not a database URL; write it as "
                              "postgresql+psycopg://user:password@host:5432/dbname "
                              "or sqlite:///path/to/file.db") from None
+        if url.host and "@" in url.host:
+            raise ValueError("the host part holds an @; if the password has one, write it as "
+                             "%40 (URL-encoded)")
         if url.get_backend_name() not in {"postgresql", "sqlite"}:
             raise ValueError(f"the {url.get_backend_name()!r} database is not supported; "
                              "use postgresql+psycopg:// or sqlite:///")
@@ -355,8 +356,24 @@ class Source(_Model):
 
     @property
     def display_url(self) -> str:
-        """The URL with the password masked: the only form that may be printed."""
-        return make_url(self.url.get_secret_value()).render_as_string(hide_password=True)
+        """The URL with the password masked, wherever it was written: the only printable form."""
+        url = make_url(self.url.get_secret_value())
+        query = {key: "***" if key.lower() in _SECRET_PARAMETERS else value
+                 for key, value in url.query.items()}
+        return url.set(query=query).render_as_string(hide_password=True)
+
+    @property
+    def secrets(self) -> list[str]:
+        """Every secret the URL holds, for the log filter to mask."""
+        url = make_url(self.url.get_secret_value())
+        found = [url.password] if url.password else []
+        for key, value in url.query.items():
+            if key.lower() in _SECRET_PARAMETERS:
+                found += [value] if isinstance(value, str) else list(value)
+        return [str(item) for item in found]
+
+
+_SECRET_PARAMETERS = {"password", "passfile", "sslpassword", "sslkey"}
 
 
 class Wiraya(_Model):
@@ -475,7 +492,7 @@ def _vocabulary() -> list[str]:
     for model in models:
         for name, info in model.model_fields.items():
             names.add(info.alias or name)
-    return sorted(names | {"campaign"})
+    return sorted(names)
 
 
 def _place(loc: tuple[int | str, ...]) -> str:
@@ -502,6 +519,9 @@ def _cross_checks(raw: dict[str, Any]) -> list[tuple[str, str]]:
             if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", str(name)):
                 problems.append((f"{section}.{name}", "a stream name may hold letters, digits, "
                                                       "_ . and - only"))
+    for name, stream in contacts.items():
+        if isinstance(stream, dict) and "campaign" in stream and stream.get("campaigns"):
+            problems.append((f"contacts.{name}", "give either campaign or campaigns, not both"))
     for name, stream in events.items():
         wanted = stream.get("contacts_stream") if isinstance(stream, dict) else None
         if wanted is not None and wanted not in contacts:

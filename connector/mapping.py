@@ -22,7 +22,7 @@ from typing import Any
 import phonenumbers
 
 from connector import config
-from connector.values import iso_z, to_utc
+from connector.values import iso_z
 
 MAPPING_VERSION = "1"  # bump when a change here alters what a row maps to
 MAX_TEXT = 10_000  # characters in one value unless a field sets max_length
@@ -89,14 +89,8 @@ def as_key(value: Any, what: str = "id") -> str:
         raise Rejected(f"{what} is NULL")
     if isinstance(value, bool):
         raise Rejected(f"{what} is a boolean ({value}); use a column that identifies the row")
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float | Decimal):
-        if isinstance(value, float) and not math.isfinite(value):
-            raise Rejected(f"{what} is {value}")
-        if value != int(value):
-            raise Rejected(f"{what} {value} is not a whole number")
-        return str(int(value))
+    if isinstance(value, int | float | Decimal):
+        return _numeric_key(value, what)
     if isinstance(value, uuid.UUID):
         return str(value)
     if isinstance(value, bytes | bytearray | memoryview):
@@ -113,11 +107,35 @@ def as_key(value: Any, what: str = "id") -> str:
     return text
 
 
+def _numeric_key(value: int | float | Decimal, what: str) -> str:
+    if not _finite(value):
+        raise Rejected(f"{what} is not a finite number")
+    try:
+        whole = int(value)
+        if value != whole:
+            raise Rejected(f"{what} is not a whole number")
+        text = str(whole)
+    except (ArithmeticError, ValueError):  # beyond what Python turns into text
+        raise Rejected(f"{what} is a number too large to be an id") from None
+    if len(text) > MAX_KEY:
+        raise Rejected(f"{what} is a number too large to be an id")
+    return text
+
+
+def _finite(value: int | float | Decimal) -> bool:
+    if isinstance(value, Decimal):
+        return value.is_finite()
+    return isinstance(value, int) or math.isfinite(value)
+
+
+# In ids every control character is refused (a tab or a newline in an id is a mistake); in
+# text values only those that no text has a use for.
+_KEY_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def _has_bad_text(text: str) -> bool:
-    if _CONTROL.search(text):
+    if _KEY_CONTROL.search(text):
         return True
     try:
         text.encode("utf-8")
@@ -151,15 +169,20 @@ def phone_digits(value: Any, region: str | None) -> str:
 
 
 def as_date(value: Any, zone: tzinfo, field: str) -> str:
-    if isinstance(value, datetime):
-        day = to_utc(value, zone).astimezone(zone).date() if value.tzinfo else value.date()
-    elif isinstance(value, date):
-        day = value
-    elif isinstance(value, str):
+    if isinstance(value, str):
+        text = value.strip()
         try:
-            day = date.fromisoformat(value.strip()[:10])
+            value = datetime.fromisoformat(text) if len(text) > 10 else date.fromisoformat(text)
         except ValueError:
             raise Rejected("is not a date (YYYY-MM-DD)") from None
+    if isinstance(value, datetime):
+        try:
+            # An aware time is the day it was in the configured zone; a naive one is as read.
+            day = value.astimezone(zone).date() if value.tzinfo else value.date()
+        except (OverflowError, ValueError):
+            raise Rejected("is a date out of range") from None
+    elif isinstance(value, date):
+        day = value
     else:
         raise Rejected(f"is not a date ({type(value).__name__})")
     if field == "birthDate":
@@ -216,8 +239,8 @@ def as_number(value: Any, integer: bool) -> int | float:
     if isinstance(value, int):
         return value
     if isinstance(value, float | Decimal):
-        if not math.isfinite(value):
-            raise Rejected(f"is {value}")
+        if not _finite(value):
+            raise Rejected("is not a finite number (NaN or infinity)")
         if integer:
             if value != int(value):
                 raise Rejected("is not a whole number")
@@ -258,14 +281,19 @@ def auto_value(value: Any, zone: tzinfo, limit: int) -> Any:
 
 
 def _same(value: Any, wanted: Any) -> bool:
-    if value == wanted:
-        return True
+    if value is None or wanted is None:
+        return value is None and wanted is None
+    try:
+        if value == wanted:
+            return True
+    except ArithmeticError:  # a signalling NaN compares with nothing
+        return False
     if isinstance(wanted, bool) or isinstance(value, bool):
         try:
             return as_boolean(value) == as_boolean(wanted)
         except Rejected:
             return False
-    return value is not None and str(value) == str(wanted)
+    return str(value) == str(wanted)
 
 
 def holds(condition: config.Condition, value: Any) -> bool:
@@ -310,9 +338,9 @@ class ContactMapper:
         self.links = [(link, _getter(names, link.iteration.column)
                        if link.iteration and link.iteration.column else None,
                        _getter(names, link.when.column) if link.when else None)
-                      for link in stream.campaigns]
+                      for link in stream.links]
         self.events = [(event, _getter(names, event.when.column),
-                        _getter(names, event.at or stream.cursor))
+                        _getter(names, event.at) if event.at else None)
                        for event in stream.events]
         salt = f"{MAPPING_VERSION}|{phonenumbers.__version__}|{zone}|{stream.fingerprint()}"
         self._key = hashlib.blake2b(salt.encode(), digest_size=32).digest()
@@ -373,9 +401,13 @@ class ContactMapper:
                 iteration = link.iteration.value
             elif link.iteration and iteration_index is not None:
                 raw = row[iteration_index]
-                if raw is None:
+                if raw is None or (isinstance(raw, str) and not raw.strip()):
                     continue  # linked once the row has an iteration
-                iteration = self._iteration(link.iteration, raw)
+                try:
+                    iteration = self._iteration(link.iteration, raw)
+                except Rejected as exc:
+                    raise Rejected(f"campaign {link.campaign} iteration (column "
+                                   f"{link.iteration.column}) {exc.reason}") from None
             links.append(Link(contact_id, link.campaign, iteration))
         return tuple(links)
 
@@ -383,16 +415,15 @@ class ContactMapper:
         if not spec.format:
             return as_text(raw, MAX_KEY)
         moment: date
-        if isinstance(raw, datetime):
-            moment = raw.astimezone(self.zone) if raw.tzinfo else raw
-        elif isinstance(raw, date):
-            moment = raw
-        else:
-            try:
+        try:
+            if isinstance(raw, datetime):
+                moment = raw.astimezone(self.zone) if raw.tzinfo else raw
+            elif isinstance(raw, date):
+                moment = raw
+            else:
                 moment = datetime.fromisoformat(str(raw).strip())
-            except ValueError:
-                raise Rejected(f"campaign iteration: column {spec.column} is not a date "
-                               f"for format {spec.format!r}") from None
+        except (ValueError, OverflowError):
+            raise Rejected(f"is not a date for format {spec.format!r}") from None
         return moment.strftime(spec.format)
 
     def _flags(self, row: Sequence[Any]) -> tuple[Flag, ...]:
@@ -401,11 +432,17 @@ class ContactMapper:
             active = holds(event.when, row[when_index])
             at = None
             if active:
-                raw = row[at_index]
-                try:
-                    at = as_timestamp(raw, self.zone) if raw is not None else None
-                except Rejected as exc:
-                    raise Rejected(f"event {event.name}: time {exc.reason}") from None
+                # The time it happened: the `at` column, else a time cursor, else (an
+                # integer cursor) the moment it is sent.
+                explicit = at_index is not None
+                raw = row[at_index if at_index is not None else self.cursor_index]
+                if raw is not None and (explicit or isinstance(raw, date | str)):
+                    try:
+                        at = as_timestamp(raw, self.zone)
+                    except Rejected as exc:
+                        raise Rejected(f"event {event.name}: time (column "
+                                       f"{event.at or self.stream.cursor}) {exc.reason}"
+                                       ) from None
             flags.append(Flag(event.name, active, at))
         return tuple(flags)
 

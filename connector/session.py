@@ -23,10 +23,8 @@ from connector.wiraya import Wiraya
 async def opened(settings: config.Settings, dry_run: bool = False,
                  stop: StopFlag | None = None) -> AsyncIterator[Context]:
     """A pass context; everything opened here is closed on the way out."""
-    if settings.source.url.get_secret_value():
-        from sqlalchemy.engine import make_url
-
-        logs.register_secret(make_url(settings.source.url.get_secret_value()).password)
+    for secret in settings.source.secrets:
+        logs.register_secret(secret)
     source = Source(settings.source)
     try:
         state = State.open(settings.state)

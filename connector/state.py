@@ -189,14 +189,14 @@ class State:
     # -- opening ----------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: Path, create: bool = True) -> State:
+    def open(cls, path: Path, create: bool = True, timeout: float = 30.0) -> State:
         path = Path(path)
         if not path.exists():
             if not create:
                 raise StateError(f"no state file at {path}; run a pass first (connector sync)")
             _create_private(path)
         try:
-            conn = sqlite3.connect(path, isolation_level=None, timeout=30,
+            conn = sqlite3.connect(path, isolation_level=None, timeout=timeout,
                                    check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
@@ -244,13 +244,20 @@ class State:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise StateError(f"state file {self.path} is locked by another process ({exc}); "
+                             "wait for it to finish, or stop the other connector") from None
         try:
             yield self._conn
         except BaseException:
             self._conn.execute("ROLLBACK")
             raise
-        self._conn.execute("COMMIT")
+        try:
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot write state file {self.path}: {exc}") from None
 
     # -- watermarks -------------------------------------------------------------------
 

@@ -18,14 +18,14 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from connector import config, diff, metrics
-from connector.errors import ConnectorError, SourceError
+from connector.errors import ApiUnavailable, ConnectorError, SourceError
 from connector.logs import for_stream
 from connector.mapping import (
     ContactMapper,
@@ -428,6 +428,7 @@ class _Pass:
 
         # Upserts first: a link or an event needs its contact to exist.
         results = await self._send_contacts(send, digests)
+        _fail_if_unreachable("contacts", results.values())
         failed_keys: set[str] = set()
         for key, result in results.items():
             if result.ok:
@@ -515,6 +516,7 @@ class _Pass:
             todo.append((key, event.contact_id, event.body))
 
         results = await self._send_events(todo, lambda keys: Commit(ledger=keys))
+        _fail_if_unreachable("events", results.values())
         for key, result in results.items():
             if result.ok:
                 commit.ledger.append(key)
@@ -675,6 +677,16 @@ class _Pass:
         async with self._lock() as got:
             if got:
                 await self._commit(commit)
+
+
+def _fail_if_unreachable(what: str, results: Iterable[Result]) -> None:
+    """When Wiraya took nothing of a page and every failure may pass, the API is down (or
+    broken): fail the pass, leaving the page unread, rather than hold every row of it."""
+    outcomes = list(results)
+    if outcomes and not any(r.ok for r in outcomes) and all(r.retriable for r in outcomes):
+        raise ApiUnavailable(f"Wiraya accepted none of {len(outcomes)} {what} "
+                             f"({outcomes[0].reason}); the pass stops here and the next one "
+                             "starts from the same place")
 
 
 _NO_ID = "(no id)"

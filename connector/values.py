@@ -13,8 +13,6 @@ from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import Decimal
 from typing import Any
 
-ISO_Z = "%Y-%m-%dT%H:%M:%S"
-
 
 @dataclass(frozen=True)
 class Position:
@@ -78,7 +76,9 @@ def to_utc(value: datetime, zone: tzinfo) -> datetime:
 def iso_z(value: datetime, zone: tzinfo) -> str:
     """`2026-11-26T18:04:05Z`, or with microseconds when the value has them."""
     utc = to_utc(value, zone)
-    text = utc.strftime(ISO_Z)
+    # Not strftime: it does not pad years before 1000 to four digits.
+    text = (f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}"
+            f"T{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}")
     if utc.microsecond:
         text += f".{utc.microsecond:06d}".rstrip("0")
     return text + "Z"

@@ -437,9 +437,10 @@ class Wiraya:
                     if result.ok or not result.retriable or result.status != -1:
                         final[cid] = result
                     elif attempts[cid] >= self.settings.max_attempts:
-                        final[cid] = Result(False, f"{kind} {cid}: Wiraya asked for a retry "
-                                                   f"{attempts[cid]} times; giving up for now",
-                                            True, 200)
+                        why = "Wiraya asked for a retry" if result.reason == "retry" \
+                            else result.reason
+                        final[cid] = Result(False, f"{kind} {cid}: {why}, {attempts[cid]} "
+                                                   "times; giving up for now", True, 200)
                     else:
                         retry.append(cid)
                 results.update(final)
@@ -495,7 +496,8 @@ class Wiraya:
             # A 2xx whose per-item outcome we cannot read: nothing is known to be accepted.
             self._warn("bulk-shape", f"a bulk reply from {path} could not be read "
                                      f"({reply.text[:80] or 'empty'}); those items are retried")
-            return dict.fromkeys(batch, Result(False, f"bulk {kind}: unreadable reply", True, -1))
+            return dict.fromkeys(batch, Result(
+                False, f"unreadable bulk reply ({reply.text[:60] or 'empty'})", True, -1))
         results: dict[str, Result] = {}
         for cid in batch:
             failure = failures.get(cid) if failures else None

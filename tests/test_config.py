@@ -137,7 +137,7 @@ def test_design_config_parses() -> None:
     assert customers.personal["givenName"].column == "first_name"
     assert customers.personal["surName"].column == "last_name"
     assert list(customers.general) == ["city", "timeOfRegistration"]
-    assert customers.campaigns == [config.CampaignLink(
+    assert customers.links == [config.CampaignLink(
         campaign="welcome-flow", iteration=config.Iteration(value="2026-11"))]
     assert customers.events == []
     assert customers.columns() == ["customer_id", "updated_at", "mobile", "first_name",
@@ -180,7 +180,7 @@ def test_defaults() -> None:
     assert customers.page_size is None
     assert settings.page_size(customers) == 5000
     assert customers.general == {}
-    assert customers.campaigns == []
+    assert customers.links == []
     assert str(customers.table) == "public.customers"
 
     orders = settings.events["orders"]
@@ -380,7 +380,7 @@ def test_unknown_key_in_a_field_map_and_condition() -> None:
     problems = problems_of(dump(document))
     assert problem_at(problems, "contacts.customers.personal.phoneNumber.regoin") == (
         "unknown key; did you mean 'region'?")
-    assert problem_at(problems, "contacts.customers.campaigns[0].when.equal") == (
+    assert problem_at(problems, "contacts.customers.campaign.when.equal") == (
         "unknown key; did you mean 'equals'?")
 
 
@@ -558,7 +558,7 @@ def test_bad_time_zone(zone: str) -> None:
 )
 def test_condition_needs_exactly_one_operator(when: dict[str, Any], count: int) -> None:
     problems = problems_of(dump(with_stream(campaign={"campaign": "c", "when": when})))
-    message = problem_at(problems, "contacts.customers.campaigns[0].when")
+    message = problem_at(problems, "contacts.customers.campaign.when")
     assert message.startswith("give exactly one of equals, not_equals, in, not_in, not_null, "
                               "is_null")
     assert message.endswith(f"(got {count})")
@@ -579,7 +579,7 @@ def test_condition_operators() -> None:
 def test_condition_in_needs_a_list() -> None:
     problems = problems_of(dump(with_stream(campaign={"campaign": "c",
                                                       "when": {"column": "s", "in": "a"}})))
-    assert problem_at(problems, "contacts.customers.campaigns[0].when.in")
+    assert problem_at(problems, "contacts.customers.campaign.when.in")
 
 
 def test_campaign_and_campaigns_together_are_refused() -> None:
@@ -588,8 +588,6 @@ def test_campaign_and_campaigns_together_are_refused() -> None:
     assert problems == [("contacts.customers", "give either campaign or campaigns, not both")]
 
 
-@pytest.mark.xfail(reason="BUG: the before-validator that refuses campaign + campaigns hides "
-                          "every other problem of that stream", strict=True)
 def test_campaign_and_campaigns_together_do_not_hide_other_problems() -> None:
     document = with_stream(campaign={"campaign": "a"}, campaigns=[{"campaign": "b"}])
     del document["contacts"]["customers"]["cursor"]
@@ -605,9 +603,9 @@ def test_campaign_short_and_long_forms() -> None:
     long = config.parse(dump(with_stream(campaigns=[{"campaign": "a",
                                                      "iteration": "202611"}])),
                         env=ENV).contacts["customers"]
-    assert short.campaigns == long.campaigns
+    assert short.links == long.links
     assert short.fingerprint() == long.fingerprint()
-    assert short.campaigns[0].iteration == config.Iteration(value="202611")
+    assert short.links[0].iteration == config.Iteration(value="202611")
 
 
 @pytest.mark.parametrize(
@@ -621,7 +619,7 @@ def test_campaign_short_and_long_forms() -> None:
 def test_bad_iterations(iteration: dict[str, Any], words: str) -> None:
     problems = problems_of(dump(with_stream(campaign={"campaign": "c",
                                                       "iteration": iteration})))
-    assert words in problem_at(problems, "contacts.customers.campaigns[0].iteration")
+    assert words in problem_at(problems, "contacts.customers.campaign.iteration")
 
 
 def test_iteration_column_is_read() -> None:
@@ -853,25 +851,22 @@ def test_yaml_error_does_not_echo_the_line() -> None:
     assert_no_secret(str(info.value))
 
 
-@pytest.mark.xfail(reason="BUG: display_url prints a password given as ?password= in the "
-                          "query string (a libpq/psycopg form)", strict=True)
 def test_display_url_hides_a_password_in_the_query() -> None:
     url = f"postgresql+psycopg://connector@db.internal/shop?password={DB_PASSWORD}"
     settings = config.parse(dump(minimal(source={"url": url})), env=ENV)
     assert DB_PASSWORD not in settings.source.display_url
 
 
-@pytest.mark.xfail(reason="BUG: a password with an unescaped '@' is split by the URL parser; "
-                          "display_url then shows its tail", strict=True)
-def test_display_url_hides_a_password_with_an_at_sign() -> None:
+def test_a_password_with_an_unescaped_at_sign_is_refused_without_showing_it() -> None:
     url = "postgresql+psycopg://connector:Pa55@SECRETTAIL@db.internal:5432/shop"
-    settings = config.parse(dump(minimal(source={"url": url})), env=ENV)
-    assert "SECRETTAIL" not in settings.source.display_url
+    with pytest.raises(ConfigError) as caught:
+        config.parse(dump(minimal(source={"url": url})), env=ENV)
+    assert caught.value.problems == [("source.url", "the host part holds an @; if the "
+                                                    "password has one, write it as %40 "
+                                                    "(URL-encoded)")]
+    assert "SECRETTAIL" not in str(caught.value) and "Pa55" not in str(caught.value)
 
 
-@pytest.mark.xfail(reason="BUG: Source._url lets sqlalchemy's int() ValueError through "
-                          "verbatim; it echoes the 'port', which is the password when the "
-                          "@host part is missing", strict=True)
 @pytest.mark.parametrize(
     "url",
     [

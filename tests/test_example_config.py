@@ -15,8 +15,8 @@ def test_the_example_config_is_valid() -> None:
     assert list(settings.events) == ["conversions", "opt_outs"]
     customers = settings.contacts["customers"]
     assert customers.personal["phoneNumber"].region == "SE"
-    assert customers.campaigns[0].iteration is not None
-    assert customers.campaigns[0].iteration.format == "%Y-%m"
+    assert customers.links[0].iteration is not None
+    assert customers.links[0].iteration.format == "%Y-%m"
     assert settings.events["opt_outs"].lookback == 1000
     assert settings.state == EXAMPLE.parent / "state" / "connector.db"
     assert settings.wiraya.rate_limit == 50.0
