@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -171,3 +172,30 @@ def test_backfill_shows_progress_resumes_and_leaves_the_watermark(db: Database, 
     status = json.loads(cli("--config", str(path), "status", "--json").stdout)
     assert status[0]["watermark"] is None  # no live pass ran, and backfill left it alone
     assert state.exists()
+
+
+def test_a_backfill_beside_the_daemon_sends_each_event_once(db: Database, api: Sandbox,
+                                                           write_config,
+                                                           daemons: list[Daemon]) -> None:
+    from tests.test_events import CONVERSIONS, ORDERS, add_orders
+
+    db.execute(ORDERS)
+    add_orders(db, 1, 6_000, customers=500,
+               at="'2026-01-01'::timestamptz + i * interval '1 second'")
+    api.faults.strict_order = False  # no contact stream: the contacts live elsewhere
+    api.faults.latency = 0.001
+    path = write_config(events={"conversions": dict(CONVERSIONS, every="1s", page_size=250)},
+                        wiraya={"concurrency": 8})
+    backfill = subprocess.Popen([sys.executable, "-m", "connector", "--config", str(path),
+                                 "backfill", "conversions"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    daemon = Daemon(path)
+    daemons.append(daemon)
+    _out, err = backfill.communicate(timeout=300)
+    assert backfill.returncode == 0, err
+    wait_for(lambda: len(api.events) >= 6_000, 120, "every event")
+    time.sleep(2.5)  # two more daemon passes: they must add nothing
+    assert daemon.stop() == 0
+    seen = Counter((cid, body["at"]) for cid, body in api.events)
+    assert len(seen) == 6_000
+    assert max(seen.values()) == 1  # the two took turns: no event went twice

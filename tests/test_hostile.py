@@ -207,3 +207,93 @@ def test_no_failure_shows_a_secret(db: Database, api: Sandbox, write_config,
         assert secret not in everything
         assert secret.encode() not in state
     assert b"garbage" not in state
+
+
+# -- rows that try everything -----------------------------------------------------------
+
+
+def test_every_hostile_row_is_delivered_or_held_with_a_reason(db: Database, api: Sandbox,
+                                                             write_config) -> None:
+    db.execute("CREATE TABLE people (id text, mobile text, name text, score float8, "
+               "born date, seen timestamptz, changed timestamptz)")
+    db.execute("CREATE INDEX ON people (changed)")
+    rows = [
+        ("plain", "+46701234501", "Anna", 1.5, "1980-01-01", "now()", "now()"),
+        ("a/b?c#d%e f", "070-123 45 02", "Slash", 2, "1980-01-01", "now()", "now()"),
+        ("ünï-çødé", "0046 70 123 45 03", "Unicode", 3, None, None, "now()"),
+        ("big", "+46701234504", "x" * 100_000, 4, None, None, "now()"),
+        ("empty-name", "+46701234505", "", 5, None, None, "now()"),
+        ("ctl", "+46701234506", "bell\x07tab\tnl\n", 6, None, None, "now()"),
+        ("nan", "+46701234507", "NaN", float("nan"), None, None, "now()"),
+        ("inf", "+46701234508", "Inf", float("inf"), None, None, "now()"),
+        ("future", "+46701234509", "Future", 9, "2999-01-01", None, "now()"),
+        ("ancient", "+46701234510", "Old", 10, "1850-01-01", None, "now()"),
+        ("garbage-phone", "call me maybe", "G", 11, None, None, "now()"),
+        ("us-phone", "+1 (650) 253-0000", "US", 12, None, None, "now()"),
+        ("dup", "+46701234513", "First", 13, None, None, "now() - interval '1 minute'"),
+        ("dup", "+46701234514", "Second", 14, None, None, "now()"),
+        (None, "+46701234515", "No id", 15, None, None, "now()"),
+        ("no-cursor", "+46701234516", "No cursor", 16, None, None, None),
+        ("   ", "+46701234517", "Blank id", 17, None, None, "now()"),
+    ]
+    with db.connect() as conn:
+        for row in rows:
+            conn.execute("INSERT INTO people VALUES (%s, %s, %s, %s, %s, "
+                         f"{row[5] or 'NULL'}, {row[6] or 'NULL'})", row[:5])
+    stream = {"table": "people", "id": "id", "cursor": "changed",
+              "personal": {"phoneNumber": {"column": "mobile", "region": "SE"},
+                           "givenName": "name", "birthDate": "born"},
+              "general": {"score": "score", "lastSeen": "seen"}}
+    path = write_config(contacts={"people": stream})
+    report = run_passes(path)["people"]
+    assert report.outcome == "ok", report.error
+
+    delivered = set(api.contacts)
+    reasons = dict(held(path))
+    assert delivered == {"plain", "a/b?c#d%e f", "ünï-çødé", "empty-name", "ctl", "us-phone",
+                         "dup"}
+    assert api.contacts["dup"]["personal"]["givenName"] == "Second"  # the latest row wins
+    assert api.contacts["ctl"]["personal"]["givenName"] == "bell\x07tab\tnl\n"
+    assert api.contacts["us-phone"]["personal"]["phoneNumber"] == "16502530000"
+    assert "givenName" not in api.contacts["empty-name"]["personal"]  # empty: left out
+    expected_reasons = {
+        "big": "personal.givenName (column name) is 100000 characters long",
+        "nan": "general.score (column score) is not a finite number",
+        "inf": "general.score (column score) is not a finite number",
+        "future": "personal.birthDate (column born) is a birth date in the future",
+        "ancient": "personal.birthDate (column born) is a birth date before 1900-01-01",
+        "garbage-phone": "personal.phoneNumber (column mobile) is not a phone number",
+        "no-cursor": "cursor column changed is NULL",
+    }
+    for key, start in expected_reasons.items():
+        assert reasons[key].startswith(start), (key, reasons[key])
+    no_id = [key for key in reasons if key.startswith("(no id)")]
+    assert len(no_id) == 1 and "id column id is NULL" in reasons[no_id[0]]
+    blank = [key for key in reasons if key.startswith("(bad id)")]
+    assert len(blank) == 1 and reasons[blank[0]] == "id: id is empty"
+    # Every row is accounted for: delivered, or held with its reason (two rows share "dup").
+    assert len(delivered) + len(reasons) == len(rows) - 1
+
+
+def test_text_that_is_not_utf8_is_held_not_fatal(tmp_path: Path, api: Sandbox) -> None:
+    database = tmp_path / "shop.db"
+    conn = sqlite3.connect(database)
+    conn.execute("CREATE TABLE c (id INTEGER PRIMARY KEY, mobile TEXT, name TEXT, "
+                 "changed TIMESTAMP)")
+    conn.execute("INSERT INTO c VALUES (1, '+46701234501', 'Anna', '2026-11-01 10:00:00')")
+    conn.execute("INSERT INTO c VALUES (2, '+46701234502', CAST(X'416eff6e61' AS TEXT), "
+                 "'2026-11-01 10:00:01')")  # 'An\xffna': not UTF-8
+    conn.commit()
+    conn.close()
+    path = tmp_path / "connector.yaml"
+    path.write_text(yaml.safe_dump({
+        "source": {"url": f"sqlite:///{database}"},
+        "wiraya": {"base_url": api.url, "api_key": API_KEY, "bulk_size": 1},
+        "state": str(tmp_path / "state" / "connector.db"),
+        "contacts": {"c": {"table": "c", "id": "id", "cursor": "changed",
+                           "personal": {"phoneNumber": "mobile", "givenName": "name"}}}}))
+    report = run_passes(path)["c"]
+    assert report.outcome == "ok", report.error
+    assert set(api.contacts) == {"1"}
+    assert dict(held(path)) == {"2": "personal.givenName (column name) holds text that is "
+                                     "not valid UTF-8"}
