@@ -155,7 +155,7 @@ def _run(args: argparse.Namespace) -> int:
 def _backfill(args: argparse.Namespace) -> int:
     from connector import daemon
 
-    settings = _settings(args)
+    settings = _settings(args, quiet=True)
     return daemon.backfill(settings, args.stream, _cursor_arg(args.since, "--since"),
                            _cursor_arg(args.until, "--until"), resend=args.resend,
                            restart=args.restart, console=err)

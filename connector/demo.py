@@ -14,6 +14,7 @@ from collections import Counter
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from rich.console import Console
@@ -185,7 +186,8 @@ def _run(work: Path, api: Sandbox, out: Console, temporary: bool) -> int:
     meta = sa.MetaData()
     tables = _schema(meta)
     meta.create_all(engine)
-    now = datetime.now().replace(microsecond=0)
+    # The shop writes local Stockholm time without a zone, as the config says.
+    now = datetime.now(ZoneInfo("Europe/Stockholm")).replace(microsecond=0, tzinfo=None)
     _seed(engine, tables, now)
     config_path = work / "connector.yaml"
     config_path.write_text(CONFIG.format(db=db, api=api.url, key=API_KEY,

@@ -66,12 +66,21 @@ class Human(logging.Formatter):
         return f"{stamp} {record.levelname.lower():7}{where} {record.getMessage()}"
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stderr` is at the time, so a progress bar that redirects it
+    can show log lines above itself instead of under it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def setup(fmt: str = "text", level: str = "info") -> None:
     """Log to stderr in the chosen format; safe to call more than once."""
     root = logging.getLogger("connector")
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Stderr(sys.stderr)
     handler.setFormatter(JsonLines() if fmt == "json" else Human())
     handler.addFilter(MaskSecrets())
     root.addHandler(handler)
