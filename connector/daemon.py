@@ -17,7 +17,7 @@ import json
 import logging
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -127,8 +127,10 @@ async def _daemon(settings: config.Settings) -> int:
         now = datetime.now(UTC)
         for name in names:
             stream = settings.streams[name]
+            # Event streams start a moment after the contacts, whose events wait for them.
+            first = now if name in settings.contacts else now + timedelta(seconds=1)
             scheduler.add_job(job, "interval", args=[name], id=name, name=name,
-                              seconds=stream.every.total_seconds(), next_run_time=now,
+                              seconds=stream.every.total_seconds(), next_run_time=first,
                               max_instances=1, coalesce=True, misfire_grace_time=None)
         scheduler.start()
         log.info("daemon started: %s", ", ".join(

@@ -26,15 +26,20 @@ class Memory:
 
     input_digest: bytes | None = None
     delivered: bytes | None = None
-    refused: bytes | None = None  # payload digest of a permanent rejection (dead letter)
+    refused: bytes | None = None  # digest of what was refused: the payload, or the input
+    # values when the row could not be mapped at all
     refused_retriable: bool = False
 
 
 def must_map(input_digest: bytes, memory: Memory | None, force: bool = False) -> bool:
-    """Whether a row has to be mapped at all: not when its values are the ones last delivered."""
+    """Whether a row has to be mapped at all: not when its values are the ones last delivered,
+    nor when they are the very values that could not be mapped before (a dead letter that
+    nobody has fixed yet)."""
     if force or memory is None:
         return True
-    return memory.input_digest != input_digest or memory.refused is not None
+    if memory.refused is not None:
+        return memory.refused != input_digest or memory.refused_retriable
+    return memory.input_digest != input_digest
 
 
 def decide(digest: bytes, memory: Memory | None, force: bool = False) -> Decision:

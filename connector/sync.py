@@ -400,7 +400,7 @@ class _Pass:
             try:
                 mapped[key] = mapper.map(row)
             except Rejected as exc:
-                self._dead(commit, key, exc.reason, cursor=row[self.cursor_index])
+                self._dead(commit, key, exc.reason, cursor=row[self.cursor_index], digest=digest)
 
         send: dict[str, dict[str, Any]] = {}
         digests: dict[str, bytes] = {}

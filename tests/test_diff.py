@@ -126,6 +126,13 @@ def test_must_map_a_row_that_was_refused() -> None:
     assert must_map(INPUT, memory) is True
 
 
+def test_must_not_map_values_that_could_not_be_mapped_before() -> None:
+    memory = Memory(input_digest=None, delivered=None, refused=INPUT)
+    assert must_map(INPUT, memory) is False
+    assert must_map(OTHER_INPUT, memory) is True  # fixed in the database: mapped again
+    assert must_map(INPUT, memory, force=True) is True  # `dead-letters retry`
+
+
 def test_must_map_when_forced() -> None:
     assert must_map(INPUT, Memory(input_digest=INPUT, delivered=SENT), force=True) is True
 
@@ -192,10 +199,13 @@ def test_property_what_was_delivered_is_not_sent_again(digest: bytes,
 def test_property_must_map_unless_values_and_outcome_are_known(digest: bytes,
                                                                memory: Memory | None) -> None:
     result = must_map(digest, memory)
-    if memory is None or memory.input_digest != digest or memory.refused is not None:
+    if memory is None:
         assert result is True
+    elif memory.refused is not None:
+        # Refused before: mapped again unless these are the very values refused for good.
+        assert result is (memory.refused != digest or memory.refused_retriable)
     else:
-        assert result is False
+        assert result is (memory.input_digest != digest)
     assert must_map(digest, memory, force=True) is True
 
 
