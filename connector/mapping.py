@@ -27,6 +27,7 @@ from connector.values import iso_z
 MAPPING_VERSION = "1"  # bump when a change here alters what a row maps to
 MAX_TEXT = 10_000  # characters in one value unless a field sets max_length
 MAX_KEY = 255  # characters in a contact or row id
+_WIDEST_KEY = 10 ** (MAX_KEY - 1)
 _EARLIEST_BIRTH = date(1900, 1, 1)
 
 
@@ -85,6 +86,8 @@ class MappedEvent:
 
 def as_key(value: Any, what: str = "id") -> str:
     """A source id as the text Wiraya and the state file know it by."""
+    if type(value) is int and -_WIDEST_KEY < value < _WIDEST_KEY:
+        return str(value)  # the common case first: it is on every row's path
     if value is None:
         raise Rejected(f"{what} is NULL")
     if isinstance(value, bool):
@@ -325,7 +328,8 @@ def _getter(names: Sequence[str], column: str) -> int:
 class ContactMapper:
     """Rows of one contact stream -> `MappedContact`."""
 
-    def __init__(self, stream: config.ContactStream, names: Sequence[str], zone: tzinfo) -> None:
+    def __init__(self, stream: config.ContactStream, names: Sequence[str], zone: tzinfo,
+                 source_digest: bool = False) -> None:
         self.stream = stream
         self.zone = zone
         self.id_index = _getter(names, stream.id)
@@ -344,15 +348,23 @@ class ContactMapper:
                        for event in stream.events]
         salt = f"{MAPPING_VERSION}|{phonenumbers.__version__}|{zone}|{stream.fingerprint()}"
         self._key = hashlib.blake2b(salt.encode(), digest_size=32).digest()
+        # The database may hand over a digest of the row's values as one more column (see
+        # `Source`); it then costs a hash of 32 characters here instead of the whole row.
+        self._width = len(names)
+        self.input_digest = self._source_digest if source_digest else self._row_digest
 
     def key(self, row: Sequence[Any]) -> str:
         return as_key(row[self.id_index])
 
-    def input_digest(self, row: Sequence[Any]) -> bytes:
+    def _row_digest(self, row: Sequence[Any]) -> bytes:
         """Digest of the values read and of everything that shapes the mapping."""
         # repr, not pickle: pickle's output depends on object identity, repr only on values.
-        data = repr(tuple(row)).encode("utf-8", "surrogatepass")
+        data = repr(tuple(row[:self._width])).encode("utf-8", "surrogatepass")
         return hashlib.blake2b(data, digest_size=16, key=self._key).digest()
+
+    def _source_digest(self, row: Sequence[Any]) -> bytes:
+        return hashlib.blake2b(row[self._width].encode(), digest_size=16,
+                               key=self._key).digest()
 
     def map(self, row: Sequence[Any]) -> MappedContact:
         """The contact for a row; raises `Rejected` with the field and the reason."""

@@ -42,6 +42,7 @@ class BoundStream:
     id_nullable: bool
     id_is_integer: bool
     is_view: bool
+    digest: bool  # each row carries the database's digest of its values as a last column
 
 
 class Source:
@@ -57,7 +58,10 @@ class Source:
             connect_args = {
                 "application_name": APPLICATION_NAME,
                 "connect_timeout": max(1, int(settings.connect_timeout.total_seconds())),
-                "options": f"-c default_transaction_read_only=on -c statement_timeout={timeout_ms}",
+                # A fixed time zone keeps the text of a timestamptz, and so the digest of a
+                # row, the same whatever the server's default.
+                "options": f"-c default_transaction_read_only=on -c statement_timeout={timeout_ms}"
+                           " -c TimeZone=UTC",
             }
         self.engine: Engine = sa.create_engine(url, connect_args=connect_args,
                                                pool_pre_ping=True, pool_size=4, max_overflow=4)
@@ -111,7 +115,8 @@ class Source:
             names=tuple(stream.columns()), cursor=cursor, id=id_column,
             cursor_kind=kind, cursor_nullable=bool(cursor.nullable),
             id_nullable=bool(id_column.nullable),
-            id_is_integer=isinstance(id_column.type, sa.Integer), is_view=is_view)
+            id_is_integer=isinstance(id_column.type, sa.Integer), is_view=is_view,
+            digest=self.dialect == "postgresql" and section == "contacts")
         self._bound[name] = bound
         return bound
 
@@ -138,7 +143,7 @@ class Source:
         start); `until` an exclusive upper cursor bound (backfill ranges).
         """
         cursor, id_ = bound.cursor, bound.id
-        query = sa.select(*bound.columns).where(cursor.is_not(None), id_.is_not(None))
+        query = self._select(bound).where(cursor.is_not(None), id_.is_not(None))
         if floor is not None:
             query = query.where(cursor >= self.coerce(bound, floor))
         if after is not None:
@@ -157,7 +162,7 @@ class Source:
             return []
         rows: list[Row[Any]] = []
         for start in range(0, len(values), 1000):
-            query = (sa.select(*bound.columns)
+            query = (self._select(bound)
                      .where(bound.id.in_(values[start:start + 1000]))
                      .order_by(bound.cursor, bound.id))
             rows.extend(self._all(bound, query))
@@ -175,12 +180,12 @@ class Source:
             conditions.append(bound.cursor.is_(None))
         if not conditions:
             return []
-        query = sa.select(*bound.columns).where(sa.or_(*conditions)).limit(limit)
+        query = self._select(bound).where(sa.or_(*conditions)).limit(limit)
         return self._all(bound, query)
 
     def rows_at_cursor(self, bound: BoundStream, cursor: Any) -> list[Row[Any]]:
         """Rows at one cursor value (to find again a row that had no id)."""
-        query = sa.select(*bound.columns).where(bound.cursor == self.coerce(bound, cursor))
+        query = self._select(bound).where(bound.cursor == self.coerce(bound, cursor))
         return self._all(bound, query.limit(10_000))
 
     def highest_cursor(self, bound: BoundStream) -> Any:
@@ -197,6 +202,14 @@ class Source:
             query = query.where(bound.cursor < self.coerce(bound, until))
         rows = self._all(bound, query)
         return int(rows[0][0])
+
+    def _select(self, bound: BoundStream) -> sa.Select[Any]:
+        """The stream's columns; on PostgreSQL also an md5 of the row's values, computed by
+        the server (on its own core) instead of by the connector."""
+        if not bound.digest:
+            return sa.select(*bound.columns)
+        values = sa.cast(sa.func.row(*bound.columns), sa.Text)
+        return sa.select(*bound.columns, sa.func.md5(values).label("_row_digest"))
 
     def _all(self, bound: BoundStream, query: sa.Select[Any]) -> list[Row[Any]]:
         try:

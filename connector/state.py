@@ -142,14 +142,6 @@ class Held:
     last_seen: str = ""
 
 
-@dataclass(frozen=True)
-class Known:
-    """What the state file remembers of one contact."""
-
-    input_digest: bytes | None
-    payload_digest: bytes
-
-
 @dataclass
 class Commit:
     """Everything one page produced, written in one transaction."""
@@ -292,14 +284,15 @@ class State:
 
     # -- lookups for one page -----------------------------------------------------------
 
-    def known_contacts(self, stream: str, keys: Sequence[str]) -> dict[str, Known]:
-        found: dict[str, Known] = {}
+    def known_contacts(self, stream: str, keys: Sequence[str]
+                       ) -> dict[str, tuple[bytes | None, bytes]]:
+        """`{contact id: (input digest, payload digest)}` for the contacts on record."""
+        found: dict[str, tuple[bytes | None, bytes]] = {}
         for part in _chunks(keys):
             rows = self._conn.execute(
                 "SELECT contact_id, input_digest, payload_digest FROM contacts "
                 f"WHERE stream = ? AND contact_id IN ({_marks(part)})", (stream, *part))
-            for key, input_digest, payload_digest in rows:
-                found[key] = Known(input_digest, payload_digest)
+            found.update((key, (input_digest, payload)) for key, input_digest, payload in rows)
         return found
 
     def delivered(self, streams: Sequence[str], contact_ids: Sequence[str]) -> set[str]:
