@@ -75,10 +75,22 @@ def header(title: str, args: Any) -> float:
         print(line)
     options = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
                        if not isinstance(v, bool) or v)
+    print(f"code:    {code_version()}")
     print(f"options: {options}")
     print(f"load average at start: {load()} (other processes compete for the same cores)")
     print(flush=True)
     return started
+
+
+def code_version() -> str:
+    """The commit measured, and whether connector/ differs from it (edits not committed)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                              check=False).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--", "connector")
+    return f"commit {head}" + (" + uncommitted changes in connector/" if dirty else "")
 
 
 def load() -> str:
@@ -87,7 +99,8 @@ def load() -> str:
 
 def footer(started: float) -> None:
     print()
-    print(f"load average at end: {load()}; took {time.monotonic() - started:.0f} s")
+    print(f"load average at end: {load()}; took {time.monotonic() - started:.0f} s; "
+          f"code at end: {code_version()}")
 
 
 def median(values: Sequence[float]) -> float:
@@ -248,6 +261,18 @@ class SandboxProcess:
         with urllib.request.urlopen(request, timeout=30) as reply:  # noqa: S310
             return json.loads(reply.read())
 
+    def state(self) -> str:
+        """Whether the sandbox still runs, and the end of what it printed (for errors)."""
+        code = self.proc.poll()
+        tail = (self.workdir / "sandbox.out").read_text(errors="replace")[-1500:]
+        return (f"sandbox {'running' if code is None else f'exited with {code}'}; "
+                f"its output ends: {tail!r}")
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system, all threads) the sandbox process has used so far."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def faults(self, **changes: Any) -> Any:
         return self.admin("POST", "faults", changes)
 
@@ -386,8 +411,8 @@ def flat_profile(session_obj: Any, top: int = 15) -> list[str]:
     """A pyinstrument session as two flat lists: functions by own (self) time, and the
     connector's functions by total time, each with its share of the whole run.
 
-    Own time of a Python function includes the C functions it calls (hashing, sqlite3,
-    socket calls): the sampler sees Python frames only."""
+    C functions show as `<built-in>` entries (json `loads`, `epoll.poll`, ...); own time
+    is a function's time less its callees' (pyinstrument's "[self]" frames)."""
     root = session_obj.root_frame()
     if root is None:
         return ["(no samples)"]
@@ -412,7 +437,11 @@ def flat_profile(session_obj: Any, top: int = 15) -> list[str]:
             walk(child, stack | {label})
 
     walk(root, frozenset())
-    lines = [f"total sampled time {total:.2f} s (main thread)", "top functions by own time:"]
+    lines = [f"total sampled time {total:.2f} s (main thread)",
+             "own time by package (a C function counted in the package that called it):"]
+    for package, seconds in sorted(_by_package(root).items(), key=lambda kv: -kv[1])[:8]:
+        lines.append(f"  {100 * seconds / total:5.1f}%  {seconds:7.2f} s  {package}")
+    lines.append("top functions by own time:")
     for label, seconds in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
         lines.append(f"  {100 * seconds / total:5.1f}%  {seconds:7.2f} s  {label}")
     lines.append("connector functions by total time (incl. callees):")
@@ -421,6 +450,43 @@ def flat_profile(session_obj: Any, top: int = 15) -> list[str]:
     for label, seconds in sorted(ours, key=lambda kv: -kv[1])[:top]:
         lines.append(f"  {100 * seconds / total:5.1f}%  {seconds:7.2f} s  {label}")
     return lines
+
+
+def _package(path: str) -> str:
+    """`connector`, `httpcore`, `asyncio`, ... from a frame's file path."""
+    parts = Path(path).parts
+    for marker in ("site-packages", "dist-packages"):
+        if marker in parts and parts.index(marker) + 1 < len(parts):
+            return parts[parts.index(marker) + 1].removesuffix(".py")
+    if "connector" in parts:
+        return "connector"
+    if "bench" in parts:
+        return "bench"
+    if path == "<string>":
+        return "<string> (generated code: dataclass __init__)"
+    if "<" in path:
+        return path  # <frozen ...>
+    lib = [i for i, part in enumerate(parts) if part.startswith("python3")]
+    if lib and lib[-1] + 1 < len(parts):
+        return "stdlib " + parts[lib[-1] + 1].removesuffix(".py")
+    return parts[-1] if parts else "?"
+
+
+def _by_package(root: Any) -> dict[str, float]:
+    totals: dict[str, float] = {}
+
+    def walk(frame: Any, owner: str) -> None:
+        if frame.is_synthetic_leaf:
+            return
+        path = frame.file_path or ""
+        package = owner if (not path or path == "<built-in>") else _package(path)
+        own = frame.time - sum(c.time for c in frame.children if not c.is_synthetic_leaf)
+        totals[package] = totals.get(package, 0.0) + max(0.0, own)
+        for child in frame.children:
+            walk(child, package)
+
+    walk(root, "?")
+    return totals
 
 
 @contextlib.contextmanager
@@ -433,3 +499,13 @@ def temp_folder(prefix: str, keep: str | None = None) -> Iterator[Path]:
         return
     with tempfile.TemporaryDirectory(prefix=prefix) as name:
         yield Path(name)
+
+
+if __name__ == "__main__":
+    # `python bench/common.py FILE.pyisession ...`: the flat summary of saved profiles.
+    from pyinstrument.session import Session
+
+    for name in sys.argv[1:]:
+        print(f"== {name}")
+        for text in flat_profile(Session.load(name), top=20):
+            print(text)

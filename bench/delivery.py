@@ -11,9 +11,12 @@ has its own interpreter and core. Variants, each at 0 ms and at 20 ms simulated 
 - bulk calls (`bulk_size: 100`): PUT /api/contact/_bulk with 100 contacts per body.
 
 Baseline, in the same run against the same sandbox: a bare `httpx.AsyncClient` loop with
-the same concurrency (N coroutines, each doing PUT /api/Contact/{id} with a Bearer token in
-a loop, connection pool of the same size). A bare bulk loop (the same, with 100-contact
-bulk bodies) is printed too, for reference: it is what the sandbox can take.
+the same concurrency (N coroutines sharing one client whose pool has N connections, each
+doing PUT /api/Contact/{id} with a Bearer token in a loop). Printed too, for reference: the
+same loop with one client (of one connection) per coroutine, which tells what httpx's
+shared connection pool costs; and a bare bulk loop (100-contact bulk bodies), which is what
+the sandbox can take. CPU time per contact of this process and of the sandbox is printed
+for every variant, to tell which side limits the rate.
 
 Targets: single calls >= 80% of the bare loop; bulk >= 20,000 contacts/s; with 20 ms
 latency and concurrency 16, single calls >= 85% of 800 requests/s (16 / 0.02 s).
@@ -28,8 +31,8 @@ main thread: the event loop, the client, httpx) and the top functions are printe
 
 Run from the repo root:
 
-    python bench/delivery.py                          # 5 repeats, 15 s rate window
-    python bench/delivery.py --rate-window 60 --profile   # the full-size run
+    python bench/delivery.py                          # 3 repeats, 15 s rate window (~4 min)
+    python bench/delivery.py --repeats 5 --rate-window 60 --profile   # the full-size run
 """
 
 from __future__ import annotations
@@ -60,29 +63,39 @@ def contacts(count: int, offset: int = 0) -> dict[str, dict[str, Any]]:
 
 
 async def bare_loop(url: str, items: dict[str, dict[str, Any]], concurrency: int,
-                    bulk: int = 1) -> float:
-    """The baseline: `concurrency` coroutines PUT in a loop; returns seconds (login excluded)."""
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
-        reply = await client.post("/auth/token/apikey", json={"key": common.API_KEY})
-        headers = {"Authorization": f"Bearer {reply.json()['token']}"}
-        if bulk == 1:
-            calls = iter([(f"/api/Contact/{cid}", body) for cid, body in items.items()])
-        else:
-            keys = list(items)
-            calls = iter([("/api/contact/_bulk", {k: items[k] for k in keys[i:i + bulk]})
-                          for i in range(0, len(keys), bulk)])
-        failed = 0
+                    bulk: int = 1, per_worker: bool = False) -> float:
+    """The baseline: `concurrency` coroutines PUT in a loop; returns seconds (login excluded).
 
-        async def worker() -> None:
-            nonlocal failed
-            for path, body in calls:
-                response = await client.put(path, json=body, headers=headers)
-                failed += response.status_code != 200
+    One `httpx.AsyncClient` with a pool of `concurrency` connections, shared by the
+    coroutines; or, with `per_worker`, one client (of one connection) per coroutine.
+    """
+    def client(connections: int) -> httpx.AsyncClient:
+        limits = httpx.Limits(max_connections=connections,
+                              max_keepalive_connections=connections)
+        return httpx.AsyncClient(base_url=url, limits=limits, timeout=30)
 
-        started = time.monotonic()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        seconds = time.monotonic() - started
+    clients = [client(1) for _ in range(concurrency)] if per_worker else [client(concurrency)]
+    reply = await clients[0].post("/auth/token/apikey", json={"key": common.API_KEY})
+    headers = {"Authorization": f"Bearer {reply.json()['token']}"}
+    if bulk == 1:
+        calls = iter([(f"/api/Contact/{cid}", body) for cid, body in items.items()])
+    else:
+        keys = list(items)
+        calls = iter([("/api/contact/_bulk", {k: items[k] for k in keys[i:i + bulk]})
+                      for i in range(0, len(keys), bulk)])
+    failed = 0
+
+    async def worker(http: httpx.AsyncClient) -> None:
+        nonlocal failed
+        for path, body in calls:
+            response = await http.put(path, json=body, headers=headers)
+            failed += response.status_code != 200
+
+    started = time.monotonic()
+    await asyncio.gather(*(worker(clients[i % len(clients)]) for i in range(concurrency)))
+    seconds = time.monotonic() - started
+    for http in clients:
+        await http.aclose()
     if failed:
         raise RuntimeError(f"bare loop: {failed} calls failed")
     return seconds
@@ -132,7 +145,7 @@ def main() -> int:
     parser.add_argument("--bulk-size", type=int, default=100, help="wiraya.bulk_size for bulk")
     parser.add_argument("--latencies", type=float, nargs="+", default=[0.0, 0.02],
                         help="simulated latencies of the sandbox, seconds")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rate", type=float, default=100.0, help="wiraya.rate_limit per second")
     parser.add_argument("--rate-window", type=float, default=15.0, help="seconds measured")
     parser.add_argument("--profile", action="store_true", help="profile a single-call run")
@@ -141,6 +154,7 @@ def main() -> int:
 
     base = {"rate_limit": "none", "concurrency": args.concurrency}
     results: dict[tuple[float, str], list[float]] = {}
+    cpu: dict[tuple[float, str], list[tuple[float, float]]] = {}  # us per contact
     with common.temp_folder("bench-delivery-") as folder, common.SandboxProcess() as api:
         print(f"sandbox in its own process at {api.url}")
 
@@ -154,27 +168,37 @@ def main() -> int:
         for latency in args.latencies:
             api.faults(latency=latency)
             for repeat in range(args.repeats):
-                timings = {
-                    "bare single": asyncio.run(bare_loop(api.url, single_items,
-                                                         args.concurrency)),
-                    "connector single": asyncio.run(connector_run(single_cfg, single_items)),
-                    "bare bulk": asyncio.run(bare_loop(api.url, bulk_items, args.concurrency,
-                                                       args.bulk_size)),
-                    "connector bulk": asyncio.run(connector_run(bulk_cfg, bulk_items)),
+                runs = {
+                    "bare single": lambda: bare_loop(api.url, single_items, args.concurrency),
+                    "bare single, client/worker": lambda: bare_loop(
+                        api.url, single_items, args.concurrency, per_worker=True),
+                    "connector single": lambda: connector_run(single_cfg, single_items),
+                    "bare bulk": lambda: bare_loop(api.url, bulk_items, args.concurrency,
+                                                   args.bulk_size),
+                    "connector bulk": lambda: connector_run(bulk_cfg, bulk_items),
                 }
-                api.reset()
-                for what, seconds in timings.items():
+                for what, run in runs.items():
                     count = args.single if "single" in what else args.bulk
+                    ours, theirs = time.process_time(), api.cpu_seconds()
+                    try:
+                        seconds = asyncio.run(run())
+                    except httpx.HTTPError as exc:
+                        raise RuntimeError(f"{what} at {latency * 1000:.0f} ms failed: {exc!r}; "
+                                           f"{api.state()}") from exc
+                    ours, theirs = time.process_time() - ours, api.cpu_seconds() - theirs
+                    api.reset()
                     results.setdefault((latency, what), []).append(count / seconds)
+                    cpu.setdefault((latency, what), []).append(
+                        (ours * 1e6 / count, theirs * 1e6 / count))
                 common.log(f"latency {latency * 1000:.0f} ms, repeat {repeat + 1}: " + ", ".join(
-                    f"{what} {results[(latency, what)][-1]:,.0f}/s" for what in timings))
+                    f"{what} {results[(latency, what)][-1]:,.0f}/s" for what in runs))
 
         profile_lines: list[str] = []
         if args.profile:
             from pyinstrument import Profiler
 
             api.faults(latency=0.0)
-            profiler = Profiler(interval=0.0005, async_mode="disabled")
+            profiler = Profiler(interval=0.001, async_mode="disabled")
             profiler.start()
             seconds = asyncio.run(connector_run(single_cfg, single_items))
             profiler.stop()
@@ -182,9 +206,11 @@ def main() -> int:
             common.RESULTS.mkdir(parents=True, exist_ok=True)
             saved = common.RESULTS / "delivery_single.pyisession"
             profiler.last_session.save(str(saved))
+            plain = results.get((0.0, "connector single"))
+            without = f", {common.median(plain):,.0f}/s without" if plain else ""
             profile_lines = [f"profile of one single-call run ({args.single:,} contacts, 0 ms, "
-                             f"{args.single / seconds:,.0f}/s under the profiler); saved: "
-                             f"{saved.relative_to(common.ROOT)}",
+                             f"{args.single / seconds:,.0f}/s under the profiler{without}); "
+                             f"saved: {saved.relative_to(common.ROOT)}",
                              *common.flat_profile(profiler.last_session, top=20)]
 
         api.faults(latency=0.0)
@@ -194,12 +220,19 @@ def main() -> int:
     print()
     print(f"concurrency {args.concurrency}; single runs {args.single:,} contacts, bulk runs "
           f"{args.bulk:,} contacts in bodies of {args.bulk_size}; medians of {args.repeats}")
-    print(f"{'latency':>8}  {'what':<18} {'contacts/s':>11} {'requests/s':>11}  range")
+    print(f"{'latency':>8}  {'what':<26} {'contacts/s':>11} {'requests/s':>11}  "
+          f"{'range (contacts/s)':<20} {'CPU us/contact: client':>22} {'sandbox':>8}")
     for (latency, what), rates in results.items():
         per_request = 1 if "single" in what else args.bulk_size
-        print(f"{latency * 1000:>5.0f} ms  {what:<18} {common.median(rates):>11,.0f} "
-              f"{common.median(rates) / per_request:>11,.0f}  "
-              f"{min(rates):,.0f}..{max(rates):,.0f}")
+        span = f"{min(rates):,.0f}..{max(rates):,.0f}"
+        client_cpu = common.median([c for c, _ in cpu[(latency, what)]])
+        sandbox_cpu = common.median([s for _, s in cpu[(latency, what)]])
+        print(f"{latency * 1000:>5.0f} ms  {what:<26} {common.median(rates):>11,.0f} "
+              f"{common.median(rates) / per_request:>11,.0f}  {span:<20} "
+              f"{client_cpu:>22,.0f} {sandbox_cpu:>8,.0f}")
+    print("CPU us/contact: CPU time used per contact by this process (the client; login and "
+          "setup included) and by the sandbox process; 1e6 / (client + sandbox) is the rate "
+          "the two could reach on one core")
     print()
     for latency in args.latencies:
         single = common.median(results[(latency, "connector single")])
@@ -207,8 +240,10 @@ def main() -> int:
         bulk = common.median(results[(latency, "connector bulk")])
         bare_bulk = common.median(results[(latency, "bare bulk")])
         tag = f"{latency * 1000:.0f} ms"
+        per_worker = common.median(results[(latency, "bare single, client/worker")])
         print(f"{tag:>6}: single calls = {single / bare:.1%} of the bare loop "
-              f"(target >= 80%: {common.verdict(single / bare >= 0.80)})")
+              f"(target >= 80%: {common.verdict(single / bare >= 0.80)}); "
+              f"{single / per_worker:.1%} of the bare loop with one client per worker")
         print(f"{tag:>6}: bulk = {bulk:,.0f} contacts/s = {bulk / bare_bulk:.1%} of the bare bulk "
               f"loop (target >= 20,000/s: {common.verdict(bulk >= 20_000)})")
         if abs(latency - 0.02) < 1e-9 and args.concurrency == 16:
