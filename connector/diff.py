@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from connector.values import Digest
+
 Decision = Literal["send", "same", "known-bad"]
 
 
@@ -24,14 +26,14 @@ def payload_digest(payload: Mapping[str, Any]) -> bytes:
 class Memory:
     """What the state file says of one row: the last delivered and last refused payloads."""
 
-    input_digest: bytes | None = None
+    input_digest: Digest | None = None
     delivered: bytes | None = None
-    refused: bytes | None = None  # digest of what was refused: the payload, or the input
+    refused: Digest | None = None  # digest of what was refused: the payload, or the input
     # values when the row could not be mapped at all
     refused_retriable: bool = False
 
 
-def must_map(input_digest: bytes, memory: Memory | None, force: bool = False) -> bool:
+def must_map(input_digest: Digest, memory: Memory | None, force: bool = False) -> bool:
     """Whether a row has to be mapped at all: not when its values are the ones last delivered,
     nor when they are the very values that could not be mapped before (a dead letter that
     nobody has fixed yet)."""

@@ -346,10 +346,11 @@ class ContactMapper:
         self.events = [(event, _getter(names, event.when.column),
                         _getter(names, event.at) if event.at else None)
                        for event in stream.events]
-        salt = f"{MAPPING_VERSION}|{phonenumbers.__version__}|{zone}|{stream.fingerprint()}"
-        self._key = hashlib.blake2b(salt.encode(), digest_size=32).digest()
-        # The database may hand over a digest of the row's values as one more column (see
-        # `Source`); it then costs a hash of 32 characters here instead of the whole row.
+        # What shapes the mapping besides the row: a change re-maps every row read.
+        self.salt = f"{MAPPING_VERSION}|{phonenumbers.__version__}|{zone}|{stream.fingerprint()}"
+        self._key = hashlib.blake2b(self.salt.encode(), digest_size=32).digest()
+        # The database may hand over a digest of the salt and the row's values as one more
+        # column (`Source`, on PostgreSQL); then nothing is hashed here at all.
         self._width = len(names)
         self.input_digest = self._source_digest if source_digest else self._row_digest
 
@@ -362,9 +363,9 @@ class ContactMapper:
         data = repr(tuple(row[:self._width])).encode("utf-8", "surrogatepass")
         return hashlib.blake2b(data, digest_size=16, key=self._key).digest()
 
-    def _source_digest(self, row: Sequence[Any]) -> bytes:
-        return hashlib.blake2b(row[self._width].encode(), digest_size=16,
-                               key=self._key).digest()
+    def _source_digest(self, row: Sequence[Any]) -> int:
+        digest: int = row[self._width]
+        return digest
 
     def map(self, row: Sequence[Any]) -> MappedContact:
         """The contact for a row; raises `Rejected` with the field and the reason."""

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from connector.errors import StateError, StateLockedError
-from connector.values import Position
+from connector.values import Digest, Position
 
 MIGRATIONS: list[str] = [
     # 1: the first schema.
@@ -40,7 +40,8 @@ MIGRATIONS: list[str] = [
     CREATE TABLE contacts (
         stream         TEXT NOT NULL,
         contact_id     TEXT NOT NULL,
-        input_digest   BLOB,           -- of the source values and the mapping
+        input_digest   BLOB,           -- of the source values and the mapping (or an
+                                       -- integer hash the database computed)
         payload_digest BLOB NOT NULL,  -- of the contact as Wiraya accepted it
         delivered_at   INTEGER NOT NULL,
         PRIMARY KEY (stream, contact_id)
@@ -137,7 +138,7 @@ class Held:
     attempts: int = 1
     contact_id: str | None = None
     cursor: str | None = None
-    payload_digest: bytes | None = None
+    payload_digest: Digest | None = None
     first_seen: str = ""
     last_seen: str = ""
 
@@ -147,7 +148,7 @@ class Commit:
     """Everything one page produced, written in one transaction."""
 
     watermark: Position | None = None
-    contacts: list[tuple[str, bytes | None, bytes]] = field(default_factory=list)
+    contacts: list[tuple[str, Digest | None, bytes]] = field(default_factory=list)
     links: list[tuple[str, str, str]] = field(default_factory=list)
     flags: list[tuple[str, str, bool]] = field(default_factory=list)
     ledger: list[str] = field(default_factory=list)
@@ -285,15 +286,32 @@ class State:
     # -- lookups for one page -----------------------------------------------------------
 
     def known_contacts(self, stream: str, keys: Sequence[str]
-                       ) -> dict[str, tuple[bytes | None, bytes]]:
+                       ) -> dict[str, tuple[Digest | None, bytes]]:
         """`{contact id: (input digest, payload digest)}` for the contacts on record."""
-        found: dict[str, tuple[bytes | None, bytes]] = {}
+        found: dict[str, tuple[Digest | None, bytes]] = {}
         for part in _chunks(keys):
             rows = self._conn.execute(
                 "SELECT contact_id, input_digest, payload_digest FROM contacts "
                 f"WHERE stream = ? AND contact_id IN ({_marks(part)})", (stream, *part))
             found.update((key, (input_digest, payload)) for key, input_digest, payload in rows)
         return found
+
+    def changed_contacts(self, stream: str, digests: dict[str, int]) -> list[str]:
+        """The contact ids whose input digest (an integer the database computed) is not the
+        one on record, or that have none. The comparison runs inside SQLite, so an unchanged
+        page builds nothing in Python."""
+        changed: list[str] = []
+        items = list(digests.items())
+        for start in range(0, len(items), 5000):
+            pairs = json.dumps(items[start:start + 5000])
+            rows = self._conn.execute(
+                "SELECT json_extract(p.value, '$[0]') FROM json_each(?) AS p "
+                "LEFT JOIN contacts AS c ON c.stream = ? "
+                "AND c.contact_id = json_extract(p.value, '$[0]') "
+                "WHERE c.input_digest IS NULL "
+                "OR c.input_digest IS NOT json_extract(p.value, '$[1]')", (pairs, stream))
+            changed.extend(row[0] for row in rows)
+        return changed
 
     def delivered(self, streams: Sequence[str], contact_ids: Sequence[str]) -> set[str]:
         """The contact ids that any of `streams` has delivered to Wiraya."""

@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -43,7 +43,7 @@ from connector.source import (
     lookback_fits,
 )
 from connector.state import Commit, Held, State, stream_lock
-from connector.values import Position, iso_z, now_utc, short, step_back, to_utc
+from connector.values import Digest, Position, iso_z, now_utc, short, step_back, to_utc
 from connector.wiraya import Result, Wiraya
 
 log = logging.getLogger("connector.sync")
@@ -175,8 +175,14 @@ class _Pass:
                 f"{self.bound.cursor_kind}; give "
                 + ("a number of values (lookback: 1000)" if isinstance(self.lookback, timedelta)
                    else "a duration (lookback: 10m)"))
-        self.contacts = ContactMapper(stream, self.bound.names, zone, self.bound.digest) \
+        # On PostgreSQL a contact stream lets the server digest each row: pages are then
+        # read narrow (cursor, id, digest), and only the changed rows in full.
+        self.thin = ctx.source.dialect == "postgresql" and isinstance(stream,
+                                                                      config.ContactStream)
+        self.contacts = ContactMapper(stream, self.bound.names, zone, self.thin) \
             if isinstance(stream, config.ContactStream) else None
+        if self.thin and self.contacts is not None:
+            self.bound = replace(self.bound, digest_salt=self.contacts.salt)
         self.events = EventMapper(stream, self.bound.names, zone) \
             if isinstance(stream, config.EventStream) else None
         self.cursor_index = self.bound.names.index(stream.cursor)
@@ -197,7 +203,7 @@ class _Pass:
                 last = Position(cap, None)  # rows may still appear below here: stay
             if high is None or _after(last, high):
                 high = last
-            await self._step(rows, watermark=high)
+            await self._step(rows, watermark=high, thin=self.thin)
         self.report.watermark = high
         if self.ctx.stop.is_set():
             return
@@ -216,7 +222,7 @@ class _Pass:
             since = self.ctx.source.coerce(self.bound, since)
         self.report.counts["resumed"] = done_rows
         async for rows in self._pages(floor=since, after=after, until=until):
-            await self._step(rows, force=resend)
+            await self._step(rows, force=resend, thin=self.thin)
             done_rows += len(rows)
             after = self._position(rows[-1])
             if not self.ctx.dry_run:
@@ -275,8 +281,10 @@ class _Pass:
         """Keyset pages; the next page is read while the caller handles this one."""
         source, bound, size = self.ctx.source, self.bound, self.page_size
 
+        reader = source.digest_page if self.thin else source.page
+
         def read(after: Position | None) -> list[Any]:
-            return source.page(bound, size, after=after, floor=floor, until=until)
+            return reader(bound, size, after=after, floor=floor, until=until)
 
         pending: asyncio.Future[list[Any]] | None = asyncio.ensure_future(
             asyncio.to_thread(read, after))
@@ -297,8 +305,10 @@ class _Pass:
                 pending.cancel()
 
     def _position(self, row: Sequence[Any]) -> Position:
-        return Position(comparable_cursor(self.bound.cursor_kind, row[self.cursor_index]),
-                        row[self.id_index])
+        """Where a page's row stands; a thin page's rows start with cursor and id."""
+        cursor, id_ = (row[0], row[1]) if self.thin else (row[self.cursor_index],
+                                                          row[self.id_index])
+        return Position(comparable_cursor(self.bound.cursor_kind, cursor), id_)
 
     # -- handling a page ------------------------------------------------------------------
 
@@ -312,19 +322,57 @@ class _Pass:
             yield got
 
     async def _step(self, rows: Sequence[Sequence[Any]], force: bool = False,
-                    watermark: Position | None = None) -> None:
-        """Handle one page and commit its outcome, holding the stream's lock throughout."""
+                    watermark: Position | None = None, thin: bool = False) -> None:
+        """Handle one page and commit its outcome, holding the stream's lock throughout.
+
+        A thin page (`Source.digest_page`) is first narrowed to the rows that changed,
+        which are then read in full.
+        """
         async with self._lock() as got:
             if not got:
                 return  # another pass has the stream: it will see these rows
-            commit = await self._handle(rows, force)
+            if thin:
+                self.counts["read"] += len(rows)
+                full = await self._changed_rows(rows, force)
+                commit = await self._handle(full, force, count=False)
+            else:
+                commit = await self._handle(rows, force)
             commit.watermark = watermark
             await self._commit(commit)
         if self.ctx.on_page is not None:
             self.ctx.on_page(self.name, len(rows))
 
-    async def _handle(self, rows: Sequence[Sequence[Any]], force: bool = False) -> Commit:
-        self.counts["read"] += len(rows)
+    async def _changed_rows(self, rows: Sequence[Sequence[Any]], force: bool
+                            ) -> Sequence[Sequence[Any]]:
+        """The full rows of a thin page whose digest is not the one on record."""
+        digests: dict[str, int] = {}
+        odd: list[str] = []  # ids that are not clean keys: the full path holds them
+        for _cursor, raw_id, key, digest in rows:
+            if key is None:
+                try:
+                    key = as_key(raw_id)
+                except Rejected:
+                    odd.append(str(raw_id))
+                    continue
+            digests[key] = digest
+        state = self.ctx.state
+        if force:
+            fetch = list(digests)
+        else:
+            fetch = state.changed_contacts(self.name, digests)
+            if self._has_held():
+                chosen = set(fetch)
+                fetch += [h.row_key for h in state.held(self.name, list(digests))
+                          if h.row_key not in chosen]
+        self.counts["skipped"] += len(digests) - len(fetch)
+        if not fetch and not odd:
+            return []
+        return await asyncio.to_thread(self.ctx.source.rows_by_id, self.bound, fetch + odd)
+
+    async def _handle(self, rows: Sequence[Sequence[Any]], force: bool = False,
+                      count: bool = True) -> Commit:
+        if count:
+            self.counts["read"] += len(rows)
         if self.contacts is not None:
             return await self._handle_contacts(rows, force)
         return await self._handle_events(rows, force)
@@ -357,7 +405,7 @@ class _Pass:
             by_key[key] = row
         return by_key
 
-    def _recall(self, keys: list[str]) -> tuple[dict[str, tuple[bytes | None, bytes]],
+    def _recall(self, keys: list[str]) -> tuple[dict[str, tuple[Digest | None, bytes]],
                                                   dict[str, Held]]:
         """What the state file knows of these rows: delivered contacts and held rows."""
         state = self.ctx.state
@@ -367,7 +415,8 @@ class _Pass:
         return known, held
 
     @staticmethod
-    def _memory(known: tuple[bytes | None, bytes] | None, held: Held | None) -> diff.Memory | None:
+    def _memory(known: tuple[Digest | None, bytes] | None,
+                held: Held | None) -> diff.Memory | None:
         if known is None and held is None:
             return None
         return diff.Memory(
@@ -390,7 +439,7 @@ class _Pass:
         keys = list(by_key)
         known, held = self._recall(keys)
         memories: dict[str, diff.Memory | None] = {}
-        inputs: dict[str, bytes] = {}
+        inputs: dict[str, Digest] = {}
         mapped: dict[str, MappedContact] = {}
         skipped = 0
         input_digest = mapper.input_digest
@@ -585,7 +634,7 @@ class _Pass:
     # -- holding rows back ----------------------------------------------------------------
 
     def _dead(self, commit: Commit, key: str, reason: str, *, retriable: bool = False,
-              digest: bytes | None = None, cursor: Any = None,
+              digest: Digest | None = None, cursor: Any = None,
               contact_id: str | None = None) -> None:
         self.counts["dead"] += 1
         self.log.warning("row %s held as a dead letter: %s", short(key, 60), reason)

@@ -13,6 +13,10 @@ from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import Decimal
 from typing import Any
 
+# A digest of a row's values: bytes when the connector computes it, an integer when the
+# database does (`Source._digest`); either is only ever compared for equality.
+Digest = bytes | int
+
 
 @dataclass(frozen=True)
 class Position:
