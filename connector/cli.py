@@ -282,7 +282,12 @@ def _sandbox(args: argparse.Namespace) -> int:
                     rate_limit=args.rate_limit, token_lifetime=args.token_lifetime,
                     bulk_item_limit=args.bulk_item_limit)
     server = Sandbox(api_keys=[args.api_key], faults=faults, host=args.host, port=args.port)
-    server.start()
+    try:
+        server.start()
+    except OSError as exc:
+        err.print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror}; "
+                  "pick another --port", markup=False)
+        return 1
     out.print(f"sandbox Wiraya API on {server.url} (API key: {args.api_key}); Ctrl-C stops it",
               markup=False)
     out.print(f"what it received: {server.url}/_sandbox/summary", markup=False)

@@ -220,7 +220,6 @@ class _Pass:
             after, done_rows = None, 0  # that range was finished before: do it again
         if since is not None:
             since = self.ctx.source.coerce(self.bound, since)
-        self.report.counts["resumed"] = done_rows
         async for rows in self._pages(floor=since, after=after, until=until):
             await self._step(rows, force=resend, thin=self.thin)
             done_rows += len(rows)
