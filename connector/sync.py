@@ -559,11 +559,16 @@ class _Pass:
         waits_for = self.ctx.settings.contact_streams_for(self.stream)
         ready = state.delivered(waits_for, sorted({e.contact_id for e in mapped.values()})) \
             if waits_for else None
+        absent = sorted({e.contact_id for e in mapped.values()} - ready) if ready is not None \
+            else []
+        why = self._why_absent(absent, waits_for)
         todo: list[tuple[str, str, dict[str, Any]]] = []
         digests: dict[str, bytes] = {}
         for key, event in mapped.items():
-            if ready is not None and event.contact_id not in ready:
-                self._wait(commit, key, event.contact_id, waits_for)
+            if event.contact_id in why:
+                self.counts["waiting"] += 1
+                commit.held.append(Held(self.name, key, "waiting", why[event.contact_id],
+                                        False, contact_id=event.contact_id))
                 continue
             digest = diff.payload_digest(event.body)
             digests[key] = digest
@@ -642,14 +647,15 @@ class _Pass:
                                 contact_id=contact_id,
                                 cursor=_cursor_json(cursor), payload_digest=digest))
 
-    def _wait(self, commit: Commit, key: str, contact_id: str, streams: list[str]) -> None:
-        self.counts["waiting"] += 1
-        reason = f"contact {contact_id} not yet delivered by {', '.join(streams)}"
-        for stream in streams:
-            for held in self.ctx.state.held(stream, [contact_id], state="dead"):
-                reason = f"contact {contact_id} is a dead letter in {stream}: {held.reason}"
-        commit.held.append(Held(self.name, key, "waiting", reason[:500], False,
-                                contact_id=contact_id))
+    def _why_absent(self, contact_ids: list[str], streams: list[str]) -> dict[str, str]:
+        """Why each of these contacts is not there yet: not delivered, or a dead letter."""
+        why = {cid: f"contact {cid} not yet delivered by {', '.join(streams)}"
+               for cid in contact_ids}
+        for stream in streams if contact_ids else []:
+            for held in self.ctx.state.held(stream, contact_ids, state="dead"):
+                why[held.row_key] = (f"contact {held.row_key} is a dead letter in {stream}: "
+                                     f"{held.reason}")[:500]
+        return why
 
     async def _release_waiting(self, contact_ids: list[str]) -> None:
         """Send, right after their contact, the events that were waiting for it."""
