@@ -13,7 +13,7 @@ import hashlib
 import math
 import re
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, tzinfo
 from decimal import Decimal
@@ -317,9 +317,6 @@ def holds(condition: config.Condition, value: Any) -> bool:
 
 # ---------------------------------------------------------------------------
 # Mappers
-
-Getter = Callable[[Sequence[Any]], Any]
-
 
 def _getter(names: Sequence[str], column: str) -> int:
     return list(names).index(column)

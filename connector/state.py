@@ -18,7 +18,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -443,14 +443,6 @@ class State:
             if page.watermark is not None:
                 self._put_watermark(db, stream, page.watermark)
 
-    def forget_contacts(self, stream: str, keys: Iterable[str]) -> None:
-        """Drop digests so the next read resends these contacts (`backfill --resend`)."""
-        keys = list(keys)
-        with self._write() as db:
-            for part in _chunks(keys):
-                db.execute(f"DELETE FROM contacts WHERE stream = ? AND contact_id IN "
-                           f"({_marks(part)})", (stream, *part))
-
     # -- runs -----------------------------------------------------------------------------
 
     def start_run(self, stream: str, kind: str) -> int:
@@ -498,11 +490,6 @@ class State:
                        (stream, range_key, position.to_json() if position else None, int(done),
                         rows, now, now))
 
-    def clear_backfill(self, stream: str, range_key: str) -> None:
-        with self._write() as db:
-            db.execute("DELETE FROM backfills WHERE stream = ? AND range_key = ?",
-                       (stream, range_key))
-
     # -- counts for status ------------------------------------------------------------------
 
     def count(self, table: str, stream: str) -> int:
@@ -511,9 +498,6 @@ class State:
         row = self._conn.execute(f"SELECT count(*) FROM {table} WHERE stream = ?",
                                  (stream,)).fetchone()
         return int(row[0])
-
-    def link_count(self) -> int:
-        return int(self._conn.execute("SELECT count(*) FROM links").fetchone()[0])
 
 
 def _held(row: sqlite3.Row | tuple[Any, ...]) -> Held:

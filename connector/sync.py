@@ -30,6 +30,7 @@ from connector.logs import for_stream
 from connector.mapping import (
     ContactMapper,
     EventMapper,
+    Link,
     MappedContact,
     MappedEvent,
     Rejected,
@@ -621,8 +622,8 @@ class _Pass:
             self._record_now(Commit(links=[links[index] for index, result in results.items()
                                            if result.ok]))
 
-        bodies = [(cid, {"campaign": campaign, "iteration": iteration} if iteration
-                   else {"campaign": campaign}) for cid, campaign, iteration in links]
+        bodies = [(cid, Link(cid, campaign, iteration or None).body())
+                  for cid, campaign, iteration in links]
         return await self.ctx.api.link_contacts(bodies, done)
 
     async def _send_events(self, events: list[tuple[str, str, dict[str, Any]]],
