@@ -475,6 +475,8 @@ def _expand(node: object, place: str, env: Mapping[str, str],
         name, default = match.group(1), match.group(2)
         if name in env and env[name] != "":
             return env[name]
+        if env.get(f"{name}_FILE"):
+            return _read_var_file(name, env[f"{name}_FILE"], place, problems)
         if default is not None:
             return default
         problems.append((place, f"environment variable {name} is not set; export it, or write "
@@ -483,6 +485,22 @@ def _expand(node: object, place: str, env: Mapping[str, str],
 
     return _VAR.sub(fill, node)
 
+
+def _read_var_file(name: str, path: str, place: str, problems: list[tuple[str, str]]) -> str:
+    """`${VAR}` from the file `$VAR_FILE` names (Docker and systemd secrets), when VAR is unset.
+    One trailing newline is dropped: `echo key > file` must not put a newline in the key."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        problems.append((place, f"cannot read {name}_FILE={path}: {reason}; mount the file "
+                                f"there, or set {name} instead"))
+        return ""
+    value = text.removesuffix("\n").removesuffix("\r") if text.endswith("\n") else text
+    if not value:
+        problems.append((place, f"{name}_FILE={path} names an empty file; write the value "
+                                "into it"))
+    return value
 
 def _vocabulary() -> list[str]:
     names: set[str] = set()
