@@ -276,7 +276,7 @@ def test_a_code_change_rebuilds_without_reinstalling_the_dependencies(
         shutil.copytree(ROOT / folder, context / folder,
                         ignore=shutil.ignore_patterns("__pycache__"))
     with (context / "connector" / "__init__.py").open("a") as init:
-        init.write("# a one-line change\n")
+        init.write(f"# a one-line change, new on every run: {uuid.uuid4().hex}\n")
     output = _build(context, "wiraya-connector:test-change", base_image())
     assert _cached(output, DEPS_STEP), output[-3000:]
     assert not _cached(output, CODE_STEP), output[-3000:]  # the change itself was built
