@@ -35,10 +35,32 @@ def docker(*args: str, timeout: float = 120, check: bool = True,
            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout,
                           check=False, env={**os.environ, **(env or {})})
+    _transcribe(args, done, env)
     if check and done.returncode != 0:
         raise AssertionError(f"docker {' '.join(args)} exited {done.returncode}:\n"
                              f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     return done
+
+
+_last: list[tuple[tuple[str, ...], str]] = []
+
+
+def _transcribe(args: tuple[str, ...], done: subprocess.CompletedProcess[str],
+                env: dict[str, str] | None) -> None:
+    """With $CONNECTOR_DOCKER_TRANSCRIPT set, append each command and its output to that file
+    (docs/docker.md is written from it)."""
+    path = os.environ.get("CONNECTOR_DOCKER_TRANSCRIPT")
+    if not path or args[0] == "info" or _last == [(args, done.stdout)]:  # a poll: once
+        return
+    _last[:] = [(args, done.stdout)]
+    prefix = "".join(f"{key}={value} " for key, value in (env or {}).items())
+    output = (done.stdout + done.stderr).rstrip()
+    lines = output.splitlines()
+    if len(lines) > 60:
+        lines = [*lines[:25], f"... ({len(lines) - 50} lines)", *lines[-25:]]
+    with open(path, "a", encoding="utf-8") as out:
+        out.write(f"$ {prefix}docker {' '.join(args)}\n" + "".join(f"{line}\n" for line in lines)
+                  + (f"[exit {done.returncode}]\n" if done.returncode else ""))
 
 
 def _answers() -> bool:

@@ -32,6 +32,7 @@ DOCKER = ROOT / "docker"
 LABEL = "wiraya-connector-test"
 DEPS_STEP = "pip install -r /tmp/runtime.txt"   # the dependency layer's RUN line
 CODE_STEP = "pip wheel --no-deps"               # the package's RUN line
+DEPS_COPY = "COPY --from=deps /opt/connector"    # the image's dependency layer
 
 
 # --- the files, checked without an engine ---------------------------------------------------
@@ -279,5 +280,6 @@ def test_a_code_change_rebuilds_without_reinstalling_the_dependencies(
         init.write(f"# a one-line change, new on every run: {uuid.uuid4().hex}\n")
     output = _build(context, "wiraya-connector:test-change", base_image())
     assert _cached(output, DEPS_STEP), output[-3000:]
+    assert _cached(output, DEPS_COPY), output[-3000:]
     assert not _cached(output, CODE_STEP), output[-3000:]  # the change itself was built
     docker("rmi", "wiraya-connector:test-change", check=False)
