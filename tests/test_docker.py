@@ -10,13 +10,17 @@ dependency layer. Without an engine that can start, it is skipped with the reaso
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
 import subprocess
+import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -235,6 +239,12 @@ def _wait_for_health(name: str, timeout: float) -> str:
     return status
 
 
+def _started_at(name: str) -> float:
+    text = docker("inspect", "-f", "{{.State.StartedAt}}", name).stdout.strip()
+    whole, _, fraction = text.rstrip("Z").partition(".")
+    return datetime.fromisoformat(whole + "+00:00").timestamp() + float(f"0.{fraction or 0}")
+
+
 def _health_log(name: str) -> str:
     return docker("inspect", "-f", "{{json .State.Health}}", name, check=False).stdout
 
@@ -283,3 +293,119 @@ def test_a_code_change_rebuilds_without_reinstalling_the_dependencies(
     assert _cached(output, DEPS_COPY), output[-3000:]
     assert not _cached(output, CODE_STEP), output[-3000:]  # the change itself was built
     docker("rmi", "wiraya-connector:test-change", check=False)
+
+
+# --- compose, run for real with the compose that is here ------------------------------------
+
+class _Forwarder:
+    """TCP from one address to another, in threads: lets the compose network reach the test
+    PostgreSQL, which listens on 127.0.0.1 only, through the bridge's gateway address."""
+
+    def __init__(self, listen_host: str, target: tuple[str, int]) -> None:
+        self.server = socket.create_server((listen_host, 0))
+        self.port = int(self.server.getsockname()[1])
+        self.target = target
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.server.close()
+
+
+COMPOSE_OVERRIDE = """
+# The test's changes: the base made here, and a stand-in for postgres:16 (no registry here)
+# whose name the connector resolves; the real database is the test's, reached through the
+# bridge gateway.
+services:
+  postgres:
+    image: wiraya-connector:local
+    pull_policy: never
+    entrypoint: ["sleep", "infinity"]
+    healthcheck: {{test: ["CMD", "true"], interval: 1s}}
+  sandbox:
+    build:
+      args: {{BASE: "{base}"}}
+      network: host
+    healthcheck: {{interval: 3s}}
+  connector:
+    environment:
+      DATABASE_URL: "{database_url}"
+    healthcheck: {{interval: 1s}}
+"""
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("docker-compose") is None,
+                    reason="docker-compose (Debian's 1.29) is not installed; .ci/run installs it")
+def test_compose_builds_once_starts_in_order_and_delivers(
+        engine: Engine, db: Database, tmp_path: Path) -> None:
+    _sample_shop(db)
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", 9464)) == 0:
+            pytest.skip("port 9464 is taken on this machine; compose.yaml publishes it")
+    project = f"cx{uuid.uuid4().hex[:8]}"
+    override = tmp_path / "override.yaml"
+
+    def compose(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["docker-compose", "-p", project, "-f",
+                               str(DOCKER / "compose.yaml"), "-f", str(override), *args],
+                              capture_output=True, text=True, timeout=timeout, check=False)
+
+    override.write_text(COMPOSE_OVERRIDE.format(base=base_image(), database_url="x"))
+    created = compose("up", "--no-start", "--build")
+    forwarder = None
+    try:
+        assert created.returncode == 0, created.stdout[-3000:] + created.stderr[-3000:]
+        assert created.stdout.count("Successfully built") == 1  # one image for both
+        network = json.loads(docker("network", "inspect", f"{project}_default").stdout)[0]
+        gateway = network["IPAM"]["Config"][0]["Gateway"]
+        forwarder = _Forwarder(gateway, ("127.0.0.1", db.server.port))
+        url = db.url.replace(f"127.0.0.1:{db.server.port}", f"{gateway}:{forwarder.port}")
+        override.write_text(COMPOSE_OVERRIDE.format(base=base_image(), database_url=url))
+        started = compose("up", "-d")
+        assert started.returncode == 0, started.stdout + started.stderr
+        # depends_on service_healthy: the connector starts only once the sandbox answered
+        # its first health check (3 s after its start; the stand-in postgres's takes 1 s).
+        gap = _started_at(compose("ps", "-q", "connector").stdout.strip()) \
+            - _started_at(compose("ps", "-q", "sandbox").stdout.strip())
+        assert gap >= 2.5, (gap, started.stderr)
+
+        deadline = time.monotonic() + 120
+        contacts = 0
+        while time.monotonic() < deadline and contacts < 1000:
+            shown = compose("exec", "-T", "sandbox", "python3", "-c",
+                            "import json, urllib.request; print(len(json.load(urllib.request"
+                            ".urlopen('http://127.0.0.1:8900/_sandbox/contacts'))))")
+            contacts = int(shown.stdout.strip() or 0) if shown.returncode == 0 else 0
+            time.sleep(1)
+        assert contacts == 1000, compose("logs", "--tail", "20", "connector").stdout
+        name = compose("ps", "-q", "connector").stdout.strip()
+        assert _wait_for_health(name, timeout=60) == "healthy", _health_log(name)
+        with urllib.request.urlopen("http://127.0.0.1:9464/healthz", timeout=5) as reply:
+            assert json.load(reply)["status"] == "ok"  # published on the host's loopback
+    finally:
+        compose("down", "-v", "--rmi", "local", timeout=300)
+        if forwarder is not None:
+            forwarder.close()
