@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from connector import config, diff, metrics
 from connector.errors import ApiUnavailable, ConnectorError, SourceError
+from connector.localtime import read_floor
 from connector.logs import for_stream
 from connector.mapping import (
     ContactMapper,
@@ -255,6 +256,9 @@ class _Pass:
         else:
             cap = self._integer_cap(now, oldest, high)
         floor = None if high is None else step_back(high.cursor, self.lookback)
+        if kind == "timestamp" and high is not None and isinstance(self.lookback, timedelta):
+            # Naive wall times go back an hour in autumn: reach below the repeated hour.
+            floor = read_floor(high.cursor, self.lookback, self.zone, now)
         if floor is not None and cap is not None and cap < floor:
             if oldest is not None:
                 self.log.info("a transaction open since %s holds the read back",

@@ -13,6 +13,8 @@ from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import Decimal
 from typing import Any
 
+from connector import localtime
+
 # A digest of a row's values: bytes when the connector computes it, an integer when the
 # database does (`Source._digest`); either is only ever compared for equality.
 Digest = bytes | int
@@ -73,7 +75,7 @@ def decode(item: list[Any] | None) -> Any:
 def to_utc(value: datetime, zone: tzinfo) -> datetime:
     """An aware UTC time; a naive value is read in `zone` (the configured time zone)."""
     if value.tzinfo is None:
-        value = value.replace(tzinfo=zone)
+        return localtime.to_utc(value, zone)
     return value.astimezone(UTC)
 
 
