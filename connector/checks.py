@@ -190,9 +190,10 @@ def timezone(settings: config.Settings, source: Source) -> list[Finding]:
                          "timestamp without time zone columns are written in")]
     ours = settings.source.timezone
     if same_zone(server, ours):
-        return [("ok", f"time zone: a session on this database gets {server}, as "
-                       f"source.timezone says ({len(naive)} stream(s) read timestamp "
-                       "without time zone)")]
+        agree = "as source.timezone says" if server.lower() == ours.lower() \
+            else f"the same offsets as source.timezone {ours}"
+        return [("ok", f"time zone: a session on this database gets {server}, {agree} "
+                       f"({len(naive)} stream(s) read timestamp without time zone)")]
     shift = _shift(server, ours)
     return [("warn", f"{place}: {', '.join(columns)} "
                      f"{'is' if len(columns) == 1 else 'are'} timestamp without time zone, "
