@@ -8,8 +8,11 @@ now; they read only server facts, never a customer table.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -145,13 +148,26 @@ def session_timezone(source: Source) -> str | None:
         "application_name": APPLICATION_NAME, "connect_timeout": timeout,
         "options": "-c default_transaction_read_only=on"})
     try:
-        with engine.connect() as conn:
+        with _without_pgtz(), engine.connect() as conn:
             return str(conn.execute(sa.text("SHOW TimeZone")).scalar())
     except sa.exc.SQLAlchemyError as exc:
         log.debug("reading the session time zone failed: %s", describe(exc))
         return None
     finally:
         engine.dispose()
+
+
+@contextlib.contextmanager
+def _without_pgtz() -> Iterator[None]:
+    """libpq sends $PGTZ as the session's zone: this machine's setting, not the database's,
+    and not what the application that writes the rows gets. Leave it out of this one
+    connection (check runs once, before any pass)."""
+    saved = os.environ.pop("PGTZ", None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ["PGTZ"] = saved
 
 
 def same_zone(one: str, other: str) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 import threading
 from collections.abc import Iterator
@@ -200,6 +201,21 @@ def test_a_role_setting_counts_as_the_session_zone(db: Database, write_config: A
            "TimeZone Asia/Tokyo" in warned[0]
     assert warned[0].endswith("Set source.timezone: Asia/Tokyo (unless the application that "
                               "writes these rows sets its own zone)")
+
+
+def test_the_zone_of_this_machine_s_pgtz_is_not_taken_for_the_database_s(
+        db: Database, write_config: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # libpq sends $PGTZ with every connection; the rows' writers do not have it.
+    db.execute(ORDERS)
+    db.execute(f"ALTER DATABASE \"{db.name}\" SET timezone = 'America/Los_Angeles'")
+    monkeypatch.setenv("PGTZ", "UTC")
+    findings = run_check(write_config(source={"timezone": "UTC"},
+                                      events={"orders": ORDERS_STREAM}))
+    warned = [message for level, message in findings
+              if level == "warn" and "timestamp without time zone" in message]
+    assert len(warned) == 1, findings
+    assert "gets TimeZone America/Los_Angeles" in warned[0]
+    assert os.environ["PGTZ"] == "UTC"  # put back after the check's connection
 
 
 @pytest.mark.parametrize(("one", "other", "same"), [
