@@ -195,6 +195,8 @@ def timezone(settings: config.Settings, source: Source) -> list[Finding]:
     the connector reads them in `source.timezone`. When the two differ, every such time
     sent is shifted, and the read window and the open-transaction guard with it.
     """
+    if source.dialect != "postgresql":
+        return []  # SQLite has no session zone; other servers are not asked yet
     naive = {place: columns for place, columns in _naive_columns(settings, source).items()
              if columns}
     if not naive:

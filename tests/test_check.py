@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import sqlite3
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from connector import checks, config, report
 from connector.sandbox import Sandbox
@@ -216,6 +218,23 @@ def test_the_zone_of_this_machine_s_pgtz_is_not_taken_for_the_database_s(
     assert len(warned) == 1, findings
     assert "gets TimeZone America/Los_Angeles" in warned[0]
     assert os.environ["PGTZ"] == "UTC"  # put back after the check's connection
+
+
+def test_sqlite_has_no_session_zone_to_compare(tmp_path: Path, api: Sandbox) -> None:
+    database = tmp_path / "shop.db"
+    with sqlite3.connect(database) as conn:
+        conn.execute("CREATE TABLE orders (order_id INTEGER PRIMARY KEY, customer_id INTEGER, "
+                     "created_at TIMESTAMP NOT NULL)")
+    path = tmp_path / "connector.yaml"
+    path.write_text(yaml.safe_dump({
+        "source": {"url": f"sqlite:///{database}", "timezone": "Europe/Stockholm"},
+        "wiraya": {"base_url": api.url, "api_key": API_KEY},
+        "state": str(tmp_path / "state.db"), "events": {"orders": ORDERS_STREAM}}))
+    findings = run_check(path)
+    assert ("ok", "events.orders: orders (table), id order_id, cursor created_at "
+                  "(timestamp)") in findings
+    assert not any("zone" in message or "standby" in message or "guard" in message
+                   for _level, message in findings), findings
 
 
 @pytest.mark.parametrize(("one", "other", "same"), [
