@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from connector import config
+from connector import checks, config
 from connector.errors import ConnectorError, SourceError, StateError
 from connector.source import Source, default_lookback, lookback_fits
 from connector.state import State
@@ -90,7 +90,8 @@ async def check(settings: config.Settings) -> list[tuple[str, str]]:
         else:
             findings.append(("ok", f"database: {version} at {settings.source.display_url}"))
             findings += _check_streams(settings, source)
-            findings += _check_guard(source)
+            findings += checks.standby(settings, source) or _check_guard(source)
+            findings += checks.timezone(settings, source)
     finally:
         source.close()
     try:
@@ -106,6 +107,8 @@ async def check(settings: config.Settings) -> list[tuple[str, str]]:
         findings.append(("ok", f"Wiraya: logged in at {settings.wiraya.base_url}"))
     except ConnectorError as exc:
         findings.append(("fail", f"Wiraya: {exc}"))
+    else:
+        findings += await checks.api_access(settings.wiraya)
     return findings
 
 
