@@ -10,16 +10,16 @@ from __future__ import annotations
 import difflib
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import date, datetime, timedelta
-from decimal import Decimal
-from typing import Any
+from dataclasses import dataclass, replace
+from datetime import date, datetime
+from typing import Any, NamedTuple, cast
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, Row
 
 from connector import config
+from connector.cursor import CursorKind, comparable
 from connector.errors import SourceError
 from connector.values import Position
 
@@ -38,14 +38,63 @@ class BoundStream:
     names: tuple[str, ...]
     cursor: sa.ColumnElement[Any]
     id: sa.ColumnElement[Any]
-    cursor_kind: str
+    cursor_kind: CursorKind
     cursor_nullable: bool
     id_nullable: bool
     id_is_integer: bool
     is_view: bool
-    # When set (PostgreSQL), each row read carries one more column: the md5 of this salt and
-    # the row's values, computed by the server, on its own core.
+    # When set (PostgreSQL), the server digests each row read, seeded with this salt: pages
+    # are then read narrow, and full rows come with their digests (`Rows.digests`).
     digest_salt: str | None = None
+
+    @property
+    def cursor_index(self) -> int:
+        return self.names.index(self.cursor.name)
+
+    @property
+    def id_index(self) -> int:
+        return self.names.index(self.id.name)
+
+    def cursor_of(self, row: Sequence[Any]) -> Any:
+        return row[self.cursor_index]
+
+    def id_of(self, row: Sequence[Any]) -> Any:
+        return row[self.id_index]
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Full rows in the stream's column order; with the server's digest of each row when
+    the stream is read narrow (`BoundStream.digest_salt`)."""
+
+    rows: Sequence[Sequence[Any]]
+    digests: Sequence[int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def part(self, start: int, stop: int) -> Rows:
+        return Rows(self.rows[start:stop],
+                    None if self.digests is None else self.digests[start:stop])
+
+
+class Narrow(NamedTuple):
+    """One row of a narrow page: its id, the id as text when the server made it (integer
+    ids), and the server's digest of the row."""
+
+    id: Any
+    text: str | None
+    digest: int
+
+
+@dataclass(frozen=True)
+class Page:
+    """One keyset page: full rows, or (narrow) ids and digests only; `last` is where it ends."""
+
+    last: Position
+    size: int
+    full: Rows | None = None
+    narrow: Sequence[Narrow] | None = None
 
 
 class Source:
@@ -116,11 +165,15 @@ class Source:
             name=name, table=table,
             columns=tuple(table.c[column] for column in stream.columns()),
             names=tuple(stream.columns()), cursor=cursor, id=id_column,
-            cursor_kind=kind, cursor_nullable=bool(cursor.nullable),
+            cursor_kind=cast(CursorKind, kind), cursor_nullable=bool(cursor.nullable),
             id_nullable=bool(id_column.nullable),
             id_is_integer=isinstance(id_column.type, sa.Integer), is_view=is_view)
         self._bound[name] = bound
         return bound
+
+    def narrowed(self, bound: BoundStream, salt: str) -> BoundStream:
+        """The stream read narrow where the server can digest rows (PostgreSQL), else as is."""
+        return replace(bound, digest_salt=salt) if self.dialect == "postgresql" else bound
 
     def cursor_indexed(self, bound: BoundStream) -> bool:
         """Whether an index starts with the cursor column (a view: never known)."""
@@ -137,14 +190,32 @@ class Source:
 
     # -- reading --------------------------------------------------------------------------
 
+    def read_page(self, bound: BoundStream, limit: int, after: Position | None = None,
+                  floor: Any = None, until: Any = None) -> Page | None:
+        """The next page in `(cursor, id)` order (None: no more rows); narrow when the
+        stream has a digest salt, full otherwise. Bounds as for `page`."""
+        if bound.digest_salt is not None:
+            rows: Sequence[Sequence[Any]] = self.digest_page(bound, limit, after, floor, until)
+            if not rows:
+                return None
+            cursor, id_ = rows[-1][0], rows[-1][1]
+            return Page(Position(comparable(bound.cursor_kind, cursor), id_), len(rows),
+                        narrow=[Narrow(row[1], row[2], row[3]) for row in rows])
+        full = self.page(bound, limit, after, floor, until)
+        if not full:
+            return None
+        last = full[-1]
+        return Page(Position(comparable(bound.cursor_kind, bound.cursor_of(last)),
+                             bound.id_of(last)), len(full), full=Rows(full))
+
     def page(self, bound: BoundStream, limit: int, after: Position | None = None,
              floor: Any = None, until: Any = None) -> list[Row[Any]]:
-        """The next `limit` rows in `(cursor, id)` order.
+        """The next `limit` full rows in `(cursor, id)` order (no digest column).
 
         `after` is exclusive (keyset); `floor` is an inclusive cursor bound (the lookback
         start); `until` an exclusive upper cursor bound (backfill ranges).
         """
-        query = self._keyset(self._select(bound), bound, after, floor, until)
+        query = self._keyset(sa.select(*bound.columns), bound, after, floor, until)
         return self._all(bound, query.limit(limit))
 
     def digest_page(self, bound: BoundStream, limit: int, after: Position | None = None,
@@ -173,21 +244,21 @@ class Source:
             query = query.where(cursor < self.coerce(bound, until))
         return query.order_by(cursor, id_)
 
-    def rows_by_id(self, bound: BoundStream, keys: Sequence[str]) -> list[Row[Any]]:
+    def rows_by_id(self, bound: BoundStream, keys: Sequence[str]) -> Rows:
         """Rows whose id is one of `keys` (ids as text), in `(cursor, id)` order."""
         values = [self._id_value(bound, key) for key in keys]
         values = [value for value in values if value is not None]
         if not values:
-            return []
+            return self._rows(bound, [])
         rows: list[Row[Any]] = []
         for start in range(0, len(values), 1000):
             query = (self._select(bound)
                      .where(bound.id.in_(values[start:start + 1000]))
                      .order_by(bound.cursor, bound.id))
             rows.extend(self._all(bound, query))
-        return rows
+        return self._rows(bound, rows)
 
-    def rows_without_key(self, bound: BoundStream, floor: Any, limit: int) -> list[Row[Any]]:
+    def rows_without_key(self, bound: BoundStream, floor: Any, limit: int) -> Rows:
         """Rows that a keyset walk cannot reach: a NULL id (from `floor` on) or a NULL cursor."""
         conditions: list[sa.ColumnElement[bool]] = []
         if bound.id_nullable:
@@ -198,14 +269,21 @@ class Source:
         if bound.cursor_nullable:
             conditions.append(bound.cursor.is_(None))
         if not conditions:
-            return []
+            return self._rows(bound, [])
         query = self._select(bound).where(sa.or_(*conditions)).limit(limit)
-        return self._all(bound, query)
+        return self._rows(bound, self._all(bound, query))
 
-    def rows_at_cursor(self, bound: BoundStream, cursor: Any) -> list[Row[Any]]:
+    def rows_at_cursor(self, bound: BoundStream, cursor: Any) -> Rows:
         """Rows at one cursor value (to find again a row that had no id)."""
         query = self._select(bound).where(bound.cursor == self.coerce(bound, cursor))
-        return self._all(bound, query.limit(10_000))
+        return self._rows(bound, self._all(bound, query.limit(10_000)))
+
+    @staticmethod
+    def _rows(bound: BoundStream, rows: Sequence[Row[Any]]) -> Rows:
+        """Full rows, the server's digest (the last column, when asked for) set apart."""
+        if bound.digest_salt is None:
+            return Rows(rows)
+        return Rows([row[:-1] for row in rows], [row[-1] for row in rows])
 
     def highest_cursor(self, bound: BoundStream) -> Any:
         """The highest cursor value visible now (an index lookup with a cursor index)."""
@@ -340,24 +418,6 @@ def cursor_kind(column_type: sa.types.TypeEngine[Any]) -> str | None:
     return None
 
 
-def default_lookback(kind: str) -> timedelta | int:
-    return 1000 if kind in {"integer", "number"} else timedelta(minutes=10)
-
-
-def lookback_fits(kind: str, lookback: timedelta | int) -> bool:
-    """A time cursor takes a duration; an integer cursor a count of values."""
-    return isinstance(lookback, timedelta) == (kind not in {"integer", "number"})
-
-
-def comparable_cursor(kind: str, value: Any) -> Any:
-    """A cursor value as the keyset compares it (integers from Decimal, dates as dates)."""
-    if kind == "integer" and isinstance(value, Decimal):
-        return int(value)
-    if kind == "date" and isinstance(value, datetime):
-        return value.date()
-    return value
-
-
 def describe(exc: BaseException) -> str:
     """One line about a database error, without the statement or its parameters."""
     orig = getattr(exc, "orig", None) or exc
@@ -372,4 +432,4 @@ def _sqlite_read_only(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.execute("PRAGMA query_only = ON")
 
 
-__all__ = ["BoundStream", "Source", "date"]
+__all__ = ["BoundStream", "Narrow", "Page", "Rows", "Source", "date"]
