@@ -97,8 +97,8 @@ class Page:
     narrow: Sequence[Narrow] | None = None
 
 
-class Source:
-    """The customer database."""
+class _Server:
+    """The customer database's server: connections, its clock, its open transactions."""
 
     def __init__(self, settings: config.Source) -> None:
         self.settings = settings
@@ -123,6 +123,68 @@ class Source:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    # -- the open-transaction guard (PostgreSQL) ------------------------------------------
+
+    def oldest_open_transaction(self) -> datetime | None:
+        """When the oldest other open transaction on this database began, if any is visible.
+
+        A row written by that transaction may carry a cursor value from its start and
+        become visible only when it commits: the read must start no later than that.
+        """
+        if self.dialect != "postgresql":
+            return None
+        query = sa.text(
+            "SELECT min(xact_start) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND xact_start IS NOT NULL AND backend_type = 'client backend' "
+            "AND coalesce(application_name, '') <> :ours")
+        try:
+            with self.engine.connect() as conn:
+                value = conn.execute(query, {"ours": APPLICATION_NAME}).scalar()
+        except sa.exc.SQLAlchemyError as exc:
+            raise SourceError(f"reading pg_stat_activity failed: {describe(exc)}") from None
+        return value if isinstance(value, datetime) else None
+
+    def guard_visibility(self) -> str:
+        """'all' when the role sees every session's transactions, 'own' when only its own."""
+        if self.dialect != "postgresql":
+            return "none"
+        query = sa.text(
+            "SELECT rolsuper OR pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') "
+            "FROM pg_roles WHERE rolname = current_user")
+        try:
+            with self.engine.connect() as conn:
+                return "all" if conn.execute(query).scalar() else "own"
+        except sa.exc.SQLAlchemyError as exc:
+            raise SourceError(f"checking the role's rights failed: {describe(exc)}") from None
+
+    def now(self) -> datetime:
+        """The database's clock (PostgreSQL), else this machine's, as an aware time."""
+        if self.dialect == "postgresql":
+            try:
+                with self.engine.connect() as conn:
+                    value = conn.execute(sa.text("SELECT clock_timestamp()")).scalar()
+            except sa.exc.SQLAlchemyError as exc:
+                raise SourceError(f"the database did not answer: {describe(exc)}") from None
+            assert isinstance(value, datetime)
+            return value
+        return datetime.now(self.settings.zone)
+
+    def ping(self) -> str:
+        """Connect and ask for the server version; raises SourceError with a clear line."""
+        try:
+            with self.engine.connect() as conn:
+                if self.dialect == "postgresql":
+                    return str(conn.execute(sa.text("SHOW server_version")).scalar())
+                return "SQLite " + str(conn.execute(sa.text("SELECT sqlite_version()")).scalar())
+        except sa.exc.SQLAlchemyError as exc:
+            raise SourceError(f"cannot reach the database at {self.settings.display_url}: "
+                              f"{describe(exc)}") from None
+
+
+class Source(_Server):
+    """The customer database: a stream's table described and read."""
 
     # -- describing a stream's table ------------------------------------------------------
 
@@ -346,64 +408,6 @@ class Source:
         if bound.cursor_kind == "date" and isinstance(value, datetime):
             return value.date()
         return value
-
-    # -- the open-transaction guard (PostgreSQL) ------------------------------------------
-
-    def oldest_open_transaction(self) -> datetime | None:
-        """When the oldest other open transaction on this database began, if any is visible.
-
-        A row written by that transaction may carry a cursor value from its start and
-        become visible only when it commits: the read must start no later than that.
-        """
-        if self.dialect != "postgresql":
-            return None
-        query = sa.text(
-            "SELECT min(xact_start) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid() "
-            "AND xact_start IS NOT NULL AND backend_type = 'client backend' "
-            "AND coalesce(application_name, '') <> :ours")
-        try:
-            with self.engine.connect() as conn:
-                value = conn.execute(query, {"ours": APPLICATION_NAME}).scalar()
-        except sa.exc.SQLAlchemyError as exc:
-            raise SourceError(f"reading pg_stat_activity failed: {describe(exc)}") from None
-        return value if isinstance(value, datetime) else None
-
-    def guard_visibility(self) -> str:
-        """'all' when the role sees every session's transactions, 'own' when only its own."""
-        if self.dialect != "postgresql":
-            return "none"
-        query = sa.text(
-            "SELECT rolsuper OR pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') "
-            "FROM pg_roles WHERE rolname = current_user")
-        try:
-            with self.engine.connect() as conn:
-                return "all" if conn.execute(query).scalar() else "own"
-        except sa.exc.SQLAlchemyError as exc:
-            raise SourceError(f"checking the role's rights failed: {describe(exc)}") from None
-
-    def now(self) -> datetime:
-        """The database's clock (PostgreSQL), else this machine's, as an aware time."""
-        if self.dialect == "postgresql":
-            try:
-                with self.engine.connect() as conn:
-                    value = conn.execute(sa.text("SELECT clock_timestamp()")).scalar()
-            except sa.exc.SQLAlchemyError as exc:
-                raise SourceError(f"the database did not answer: {describe(exc)}") from None
-            assert isinstance(value, datetime)
-            return value
-        return datetime.now(self.settings.zone)
-
-    def ping(self) -> str:
-        """Connect and ask for the server version; raises SourceError with a clear line."""
-        try:
-            with self.engine.connect() as conn:
-                if self.dialect == "postgresql":
-                    return str(conn.execute(sa.text("SHOW server_version")).scalar())
-                return "SQLite " + str(conn.execute(sa.text("SELECT sqlite_version()")).scalar())
-        except sa.exc.SQLAlchemyError as exc:
-            raise SourceError(f"cannot reach the database at {self.settings.display_url}: "
-                              f"{describe(exc)}") from None
 
 
 def cursor_kind(column_type: sa.types.TypeEngine[Any]) -> str | None:

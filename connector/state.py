@@ -23,7 +23,7 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Self
 
 from connector.errors import StateError, StateLockedError
 from connector.values import Counts, Digest, HeldState, Outcome, PassKind, Position
@@ -209,8 +209,8 @@ class Run:
                 "outcome": self.outcome, **self.counts.as_dict(), "error": self.error}
 
 
-class State:
-    """The state file. Use from one thread; other processes may share the file (WAL)."""
+class _File:
+    """The SQLite file itself: opening, migrations, write transactions."""
 
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self._conn = conn
@@ -219,7 +219,7 @@ class State:
     # -- opening ----------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: Path, create: bool = True, timeout: float = 30.0) -> State:
+    def open(cls, path: Path, create: bool = True, timeout: float = 30.0) -> Self:
         path = Path(path)
         if not path.exists():
             if not create:
@@ -245,7 +245,7 @@ class State:
         return state
 
     @classmethod
-    def for_dry_run(cls, path: Path, timeout: float = 30.0) -> State:
+    def for_dry_run(cls, path: Path, timeout: float = 30.0) -> Self:
         """The state as a dry run sees it, never created nor written: the file opened
         read-only, or (no file yet, or one of an older schema) a copy in memory."""
         path = Path(path)
@@ -273,7 +273,7 @@ class State:
     def close(self) -> None:
         self._conn.close()
 
-    def __enter__(self) -> State:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -314,6 +314,12 @@ class State:
             self._conn.execute("COMMIT")
         except sqlite3.Error as exc:
             raise StateError(f"cannot write state file {self.path}: {exc}") from None
+
+
+
+class _Memory(_File):
+    """What the state file knows: watermarks, delivered contacts, links, flags, the event
+    ledger and the held rows."""
 
     # -- watermarks -------------------------------------------------------------------
 
@@ -464,51 +470,11 @@ class State:
         rows = self._conn.execute("SELECT stream, state, count(*) FROM held GROUP BY 1, 2")
         return {(stream, state): count for stream, state, count in rows}
 
-    # -- writing one page -----------------------------------------------------------------
 
-    def commit(self, stream: str, page: Commit) -> None:
-        """Write what a page produced in one transaction."""
-        stamp = int(time.time())
-        text_now = _now_text()
-        with self._write() as db:
-            if page.contacts:
-                db.executemany(
-                    "INSERT INTO contacts (stream, contact_id, input_digest, payload_digest, "
-                    "delivered_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (stream, contact_id) "
-                    "DO UPDATE SET input_digest = excluded.input_digest, "
-                    "payload_digest = excluded.payload_digest, "
-                    "delivered_at = CASE WHEN contacts.payload_digest = excluded.payload_digest "
-                    "THEN contacts.delivered_at ELSE excluded.delivered_at END",
-                    [(stream, c.key, c.input_digest, c.payload_digest, stamp)
-                     for c in page.contacts])
-            if page.links:
-                db.executemany("INSERT OR IGNORE INTO links VALUES (?, ?, ?, ?)",
-                               [(*link, stamp) for link in page.links])
-            if page.flags:
-                db.executemany("INSERT INTO flags VALUES (?, ?, ?, ?) ON CONFLICT "
-                               "(stream, contact_id, event) DO UPDATE SET active = excluded.active",
-                               [(stream, cid, event, int(on)) for cid, event, on in page.flags])
-            if page.ledger:
-                db.executemany("INSERT OR IGNORE INTO ledger VALUES (?, ?, ?)",
-                               [(stream, key, stamp) for key in page.ledger])
-            if page.cleared:
-                for part in _chunks(page.cleared):
-                    db.execute(f"DELETE FROM held WHERE stream = ? AND row_key IN ({_marks(part)})",
-                               (stream, *part))
-            if page.held:
-                db.executemany(
-                    "INSERT INTO held (stream, row_key, state, reason, retriable, attempts, "
-                    "contact_id, cursor, payload_digest, first_seen, last_seen) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (stream, row_key) "
-                    "DO UPDATE SET state = excluded.state, reason = excluded.reason, "
-                    "retriable = excluded.retriable, attempts = held.attempts + 1, "
-                    "contact_id = excluded.contact_id, cursor = excluded.cursor, "
-                    "payload_digest = excluded.payload_digest, last_seen = excluded.last_seen",
-                    [(stream, h.row_key, h.state, h.reason, int(h.retriable), h.attempts,
-                      h.contact_id, h.cursor, h.payload_digest, text_now, text_now)
-                     for h in page.held])
-            if page.watermark is not None:
-                self._put_watermark(db, stream, page.watermark)
+
+class _History(_File):
+    """Runs and backfills: what happened, and how far a backfill got."""
+
 
     # -- runs -----------------------------------------------------------------------------
 
@@ -568,6 +534,54 @@ class State:
         row = self._conn.execute(f"SELECT count(*) FROM {table} WHERE stream = ?",
                                  (stream,)).fetchone()
         return int(row[0])
+
+
+class State(_Memory, _History):
+    """The state file. Use from one thread; other processes may share the file (WAL)."""
+
+    def commit(self, stream: str, page: Commit) -> None:
+        """Write what a page produced in one transaction."""
+        stamp = int(time.time())
+        text_now = _now_text()
+        with self._write() as db:
+            if page.contacts:
+                db.executemany(
+                    "INSERT INTO contacts (stream, contact_id, input_digest, payload_digest, "
+                    "delivered_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (stream, contact_id) "
+                    "DO UPDATE SET input_digest = excluded.input_digest, "
+                    "payload_digest = excluded.payload_digest, "
+                    "delivered_at = CASE WHEN contacts.payload_digest = excluded.payload_digest "
+                    "THEN contacts.delivered_at ELSE excluded.delivered_at END",
+                    [(stream, c.key, c.input_digest, c.payload_digest, stamp)
+                     for c in page.contacts])
+            if page.links:
+                db.executemany("INSERT OR IGNORE INTO links VALUES (?, ?, ?, ?)",
+                               [(*link, stamp) for link in page.links])
+            if page.flags:
+                db.executemany("INSERT INTO flags VALUES (?, ?, ?, ?) ON CONFLICT "
+                               "(stream, contact_id, event) DO UPDATE SET active = excluded.active",
+                               [(stream, cid, event, int(on)) for cid, event, on in page.flags])
+            if page.ledger:
+                db.executemany("INSERT OR IGNORE INTO ledger VALUES (?, ?, ?)",
+                               [(stream, key, stamp) for key in page.ledger])
+            if page.cleared:
+                for part in _chunks(page.cleared):
+                    db.execute(f"DELETE FROM held WHERE stream = ? AND row_key IN ({_marks(part)})",
+                               (stream, *part))
+            if page.held:
+                db.executemany(
+                    "INSERT INTO held (stream, row_key, state, reason, retriable, attempts, "
+                    "contact_id, cursor, payload_digest, first_seen, last_seen) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (stream, row_key) "
+                    "DO UPDATE SET state = excluded.state, reason = excluded.reason, "
+                    "retriable = excluded.retriable, attempts = held.attempts + 1, "
+                    "contact_id = excluded.contact_id, cursor = excluded.cursor, "
+                    "payload_digest = excluded.payload_digest, last_seen = excluded.last_seen",
+                    [(stream, h.row_key, h.state, h.reason, int(h.retriable), h.attempts,
+                      h.contact_id, h.cursor, h.payload_digest, text_now, text_now)
+                     for h in page.held])
+            if page.watermark is not None:
+                self._put_watermark(db, stream, page.watermark)
 
 
 def _run(row: tuple[Any, ...]) -> Run:
