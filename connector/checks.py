@@ -23,8 +23,9 @@ import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
 from connector import config, logs
+from connector.cursor import default_lookback
 from connector.errors import SourceError
-from connector.source import APPLICATION_NAME, Source, default_lookback, describe
+from connector.source import APPLICATION_NAME, Source, describe
 
 Finding = tuple[str, str]
 
