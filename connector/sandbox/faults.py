@@ -59,7 +59,9 @@ class Faults:
       event recorded, at least one bulk item accepted), these have their connection closed
       with no reply. The effect stays; the request record says status 0, applied True.
     - slow_after_apply: seconds to wait after applying a call before replying (a client with a
-      shorter timeout sees no reply although the call took effect). 0 turns it off.
+      shorter timeout sees no reply although the call took effect). 0 turns it off. The call
+      is in `requests` (applied True, with the status it will be answered) and in `events` /
+      `contacts` / `links` before the wait begins.
     """
 
     token_lifetime: float = 300.0
