@@ -14,13 +14,14 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import psycopg
+
+from tests.ports import free_port
 
 SUPERUSER = "postgres"
 SUPERUSER_PASSWORD = "pg-super-secret"
@@ -46,19 +47,13 @@ def find_bindir() -> Path:
                        "(Debian: apt-get install postgresql) or set PG_BINDIR")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class PgServer:
     def __init__(self, timezone: str | None = None) -> None:
         self.timezone = timezone
         self.bindir = find_bindir()
         self.root = Path(tempfile.mkdtemp(prefix="connector-pg-"))
         self.data = self.root / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self.user: str | None = None
         if os.geteuid() == 0:
             for name in ("postgres", "nobody"):
