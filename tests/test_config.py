@@ -251,7 +251,7 @@ def check_source_page_size(key: str, settings: config.Settings) -> None:
 
 
 def check_lookback(key: str, settings: config.Settings) -> None:
-    from connector.source import default_lookback
+    from connector.cursor import default_lookback
 
     assert key == "contacts.NAME.lookback"
     time_default, integer_default = re.findall(r"`([^`]+)`", dict(README_ROWS)[key])
