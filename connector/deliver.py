@@ -20,7 +20,7 @@ from connector.context import SendKind
 from connector.errors import ApiUnavailable
 from connector.mapping import Link, event_body
 from connector.plan import ContactPlan, EventItem, EventPlan, dead_letter
-from connector.state import Commit, Delivered, FlagState, LinkKey
+from connector.state import Commit, Delivered, FlagState, LinkKey, Sent
 from connector.values import Counts, iso_z, now_utc
 from connector.wiraya import Result, Wiraya
 
@@ -82,12 +82,14 @@ class Delivery:
 
     async def events(self, plan: EventPlan) -> Commit:
         commit = Commit(held=list(plan.held), cleared=list(plan.cleared))
-        results = await self._events(plan.send, lambda keys: Commit(ledger=keys))
+        identity = {item.key: item.identity for item in plan.send}
+        results = await self._events(plan.send, lambda keys: Commit(
+            ledger=[Sent(key, identity[key]) for key in keys]))
         fail_if_unreachable("events", results.values())
         contact = {item.key: item.contact_id for item in plan.send}
         for key, result in results.items():
             if result.ok:
-                commit.ledger.append(key)
+                commit.ledger.append(Sent(key, identity[key]))
                 self.counts.sent += 1
                 if key in plan.on_record:
                     commit.cleared.append(key)
@@ -165,7 +167,8 @@ class Delivery:
         def done(results: dict[str, Result]) -> None:
             self.record(commit_for([key for key, result in results.items() if result.ok]))
 
-        return await self.api.send_events(events, done)
+        return await self.api.send_events(
+            [(item.key, item.contact_id, item.body) for item in events], done)
 
     def _heard(self, kind: SendKind, items: Iterable[tuple[str, dict[str, Any]]]) -> None:
         if self.on_send is not None:

@@ -147,6 +147,11 @@ class StreamPages:
         on_record = self._held_of(keys)
         mapped = plan.map_events(self.name, rows, keyed, mapper, self.columns,
                                  state.sent_events(self.name, keys), on_record)
+        if mapped.reused:
+            self.log.info("%d row(s) reuse the id of an event sent before, with another "
+                          "contact or time (a truncated or recreated table, or ids given out "
+                          "again): sent as new events, e.g. id %s", len(mapped.reused),
+                          short(mapped.reused[0], 40))
         assert isinstance(self.stream, config.EventStream)
         waits_for = self.ctx.settings.contact_streams_for(self.stream)
         absent: dict[str, str] = {}

@@ -119,6 +119,8 @@ class _Server:
                                                pool_pre_ping=True, pool_size=4, max_overflow=4)
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _sqlite_read_only)
+        if self.dialect == "postgresql":
+            event.listen(self.engine, "connect", _utc_session)
         self._bound: dict[str, BoundStream] = {}
 
     def close(self) -> None:
@@ -347,6 +349,20 @@ class Source(_Server):
             return Rows(rows)
         return Rows([row[:-1] for row in rows], [row[-1] for row in rows])
 
+    def table_identity(self, bound: BoundStream) -> str | None:
+        """What changes when the table is truncated or recreated (PostgreSQL: its oid and
+        file node); None where the database cannot tell."""
+        if self.dialect != "postgresql" or bound.is_view:
+            return None
+        query = sa.text("SELECT oid::text || '/' || pg_relation_filenode(oid)::text "
+                        "FROM pg_class WHERE oid = to_regclass(:name)")
+        try:
+            with self.engine.connect() as conn:
+                value = conn.execute(query, {"name": _regclass(bound)}).scalar()
+        except sa.exc.SQLAlchemyError as exc:
+            raise SourceError(f"{bound.name}: reading pg_class failed: {describe(exc)}") from None
+        return str(value) if value is not None else None
+
     def highest_cursor(self, bound: BoundStream) -> Any:
         """The highest cursor value visible now (an index lookup with a cursor index)."""
         query = sa.select(sa.func.max(bound.cursor))
@@ -408,6 +424,20 @@ class Source(_Server):
         if bound.cursor_kind == "date" and isinstance(value, datetime):
             return value.date()
         return value
+
+
+def _regclass(bound: BoundStream) -> str:
+    """The table's name as `to_regclass` reads it: each part double-quoted."""
+    parts = [bound.table.schema, bound.table.name] if bound.table.schema else [bound.table.name]
+    return ".".join('"' + part.replace('"', '""') + '"' for part in parts)
+
+
+def _utc_session(dbapi_connection: Any, _record: Any) -> None:
+    # libpq sends $PGTZ at connection start, over the TimeZone in the options; the row
+    # digests and the text of times must not depend on this machine's environment.
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute("SET TimeZone TO 'UTC'")
+    dbapi_connection.commit()
 
 
 def cursor_kind(column_type: sa.types.TypeEngine[Any]) -> str | None:

@@ -111,6 +111,15 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE runs ADD COLUMN counts TEXT;
     """,
+    # 3: what an event was (a digest of its contact and time), so that a new row that
+    # reuses a sent row's id (a truncated or recreated table, an id given out again) is
+    # told apart from it. NULL for events sent before: those match by id alone.
+    # And what the database says of each stream's table (PostgreSQL: oid and file node),
+    # which changes when the table is truncated or recreated.
+    """
+    ALTER TABLE ledger ADD COLUMN identity BLOB;
+    ALTER TABLE streams ADD COLUMN table_identity TEXT;
+    """,
 ]
 
 RUNS_KEPT = 500  # per stream; the history stays bounded
@@ -178,6 +187,13 @@ class BackfillProgress(NamedTuple):
     rows: int
 
 
+class Sent(NamedTuple):
+    """An event Wiraya accepted: its row's key and what the event was (`event_identity`)."""
+
+    key: str
+    identity: bytes | None
+
+
 @dataclass
 class Commit:
     """Everything one page produced, written in one transaction."""
@@ -186,7 +202,7 @@ class Commit:
     contacts: list[Delivered] = field(default_factory=list)
     links: list[LinkKey] = field(default_factory=list)
     flags: list[FlagState] = field(default_factory=list)
-    ledger: list[str] = field(default_factory=list)
+    ledger: list[Sent] = field(default_factory=list)
     held: list[Held] = field(default_factory=list)
     cleared: list[str] = field(default_factory=list)
 
@@ -339,6 +355,26 @@ class _Memory(_File):
                    "updated_at = excluded.updated_at",
                    (stream, position.to_json() if position else None, _now_text()))
 
+    def table_identity(self, stream: str) -> str | None:
+        row = self._conn.execute("SELECT table_identity FROM streams WHERE name = ?",
+                                 (stream,)).fetchone()
+        return row[0] if row else None
+
+    def restart_stream(self, stream: str, identity: str | None) -> None:
+        """The stream's table is new (truncated, recreated): forget where it was read to,
+        keep what was delivered (digests, ledger), and note the table's identity."""
+        with self._write() as db:
+            db.execute("INSERT INTO streams (name, table_identity, updated_at) VALUES (?, ?, ?) "
+                       "ON CONFLICT (name) DO UPDATE SET high = NULL, checkpoints = NULL, "
+                       "table_identity = excluded.table_identity, "
+                       "updated_at = excluded.updated_at", (stream, identity, _now_text()))
+
+    def note_table_identity(self, stream: str, identity: str) -> None:
+        with self._write() as db:
+            db.execute("INSERT INTO streams (name, table_identity, updated_at) VALUES (?, ?, ?) "
+                       "ON CONFLICT (name) DO UPDATE SET table_identity = "
+                       "excluded.table_identity", (stream, identity, _now_text()))
+
     def checkpoints(self, stream: str) -> list[tuple[float, str]]:
         """Recent `(unix time, high position JSON)` pairs, oldest first."""
         row = self._conn.execute("SELECT checkpoints FROM streams WHERE name = ?",
@@ -412,13 +448,15 @@ class _Memory(_File):
                 found[(contact_id, event)] = bool(active)
         return found
 
-    def sent_events(self, stream: str, keys: Sequence[str]) -> set[str]:
-        found: set[str] = set()
+    def sent_events(self, stream: str, keys: Sequence[str]) -> dict[str, bytes | None]:
+        """`{row key: identity}` of the events on record among these keys (identity None:
+        sent by a connector that did not keep it)."""
+        found: dict[str, bytes | None] = {}
         for part in _chunks(keys):
             rows = self._conn.execute(
-                f"SELECT row_id FROM ledger WHERE stream = ? AND row_id IN ({_marks(part)})",
-                (stream, *part))
-            found.update(row[0] for row in rows)
+                "SELECT row_id, identity FROM ledger WHERE stream = ? "
+                f"AND row_id IN ({_marks(part)})", (stream, *part))
+            found.update((key, identity) for key, identity in rows)
         return found
 
     def held(self, stream: str, keys: Sequence[str] | None = None,
@@ -562,8 +600,11 @@ class State(_Memory, _History):
                                "(stream, contact_id, event) DO UPDATE SET active = excluded.active",
                                [(stream, cid, event, int(on)) for cid, event, on in page.flags])
             if page.ledger:
-                db.executemany("INSERT OR IGNORE INTO ledger VALUES (?, ?, ?)",
-                               [(stream, key, stamp) for key in page.ledger])
+                db.executemany("INSERT INTO ledger (stream, row_id, sent_at, identity) "
+                               "VALUES (?, ?, ?, ?) ON CONFLICT (stream, row_id) DO UPDATE "
+                               "SET sent_at = excluded.sent_at, identity = excluded.identity",
+                               [(stream, key, stamp, identity)
+                                for key, identity in page.ledger])
             if page.cleared:
                 for part in _chunks(page.cleared):
                     db.execute(f"DELETE FROM held WHERE stream = ? AND row_key IN ({_marks(part)})",

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from connector import held, metrics
+from connector import held, metrics, restart
 from connector.context import Context, StopFlag
 from connector.cursor import Lookback, after, resolve_lookback
 from connector.errors import ConnectorError
@@ -145,8 +145,12 @@ def _record(ctx: Context, report: Report, run_id: int | None) -> None:
 
 async def _live(ctx: Context, pages: StreamPages, lookback: Lookback) -> Position | None:
     """From the watermark less the lookback on; returns the watermark reached."""
-    high = ctx.state.watermark(pages.name)
+    high = restart.watermark_of_this_table(ctx, pages)
     window = _window(ctx, pages, high, lookback)
+    if window.restarted and high is not None:
+        restart.from_the_start(ctx, pages, f"the highest {pages.stream.cursor} is now below "
+                                           f"the watermark ({high.cursor})")
+        high = None
     if window.held_back_by is not None:
         pages.log.info("a transaction open since %s holds the read back",
                        window.held_back_by.isoformat())
