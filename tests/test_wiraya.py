@@ -178,6 +178,21 @@ def test_an_html_page_in_a_bulk_reply_is_retried_and_then_accepted() -> None:
     assert len(transport.api_calls) == 2
 
 
+def test_bulk_items_asked_to_retry_go_again_and_count_every_try() -> None:
+    again = reply(200, {"id": [], "error": True, "failures": {"3": {"retry": True}}})
+    api, transport, _ = client([again, reply()], bulk_size=10)
+
+    async def go() -> dict[str, Result]:
+        async with api:
+            return await api.upsert_contacts({str(n): contact(n) for n in range(5)})
+
+    results = run(go())
+    assert all(result.ok for result in results.values())
+    assert {cid: r.attempts for cid, r in results.items()} == {"0": 1, "1": 1, "2": 1,
+                                                               "3": 2, "4": 1}
+    assert len(transport.api_calls) == 2
+
+
 @pytest.mark.parametrize("answer", [
     Response(404, {"content-type": "text/html"}, b"<!DOCTYPE html><h1>Not Found</h1>"),
     Response(200, {"content-type": "text/plain"}, b"OK"),
