@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from connector import config
+from connector import config, logs
 from connector.errors import ApiUnavailable, ConfigError
 from connector.proxies import proxy_for
 from connector.sandbox import Sandbox
@@ -48,8 +48,8 @@ PROXY_ENV_NAMES = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY", "https_
     ("https://api.wiraya.ai", {"ALL_PROXY": "http://all:1"}, "http://all:1"),
     ("https://api.wiraya.ai", {"ALL_PROXY": "http://all:1", "HTTPS_PROXY": "http://s:2"},
      "http://s:2"),
-    ("https://api.wiraya.ai", {"HTTPS_PROXY": "http://upper:1", "https_proxy": "http://low:2"},
-     "http://low:2"),  # lower-case wins, as in urllib and curl
+    ("https://api.wiraya.ai", {"https_proxy": "http://low:2", "HTTPS_PROXY": "http://upper:1"},
+     "http://low:2"),  # lower-case wins, as in urllib and curl, whatever the order
     ("https://api.wiraya.ai", {"HTTPS_PROXY": "http://gw:1", "NO_PROXY": "api.wiraya.ai"}, None),
     ("https://api.wiraya.ai", {"HTTPS_PROXY": "http://gw:1", "NO_PROXY": "x.org,.wiraya.ai"},
      None),
@@ -73,6 +73,8 @@ def test_credentials_are_taken_out_of_the_proxy_url() -> None:
     assert proxy.url == "http://gw.example:3128" and proxy.source == "HTTPS_PROXY"
     assert proxy.auth == (USER, PASSWORD)
     assert PASSWORD not in repr(proxy)
+    # and the log filter masks it, should any message ever carry it
+    assert PASSWORD not in logs.mask(f"proxy said: bad password {PASSWORD}")
 
 
 def test_a_socks_proxy_is_a_clear_error() -> None:
