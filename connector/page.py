@@ -51,7 +51,7 @@ class StreamPages:
         self.held_now: set[str] = set()  # rows this pass has just held: not re-checked now
         self.any_held = ctx.state.has_held(name)  # else no held row is looked up per page
         self.delivery = Delivery(name, ctx.api, self._record_now, zone, ctx.on_send,
-                                 self.counts)
+                                 self.counts, ctx.settings.wiraya.max_attempts)
 
     @asynccontextmanager
     async def lock(self) -> AsyncIterator[bool]:

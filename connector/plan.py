@@ -31,9 +31,9 @@ class Columns(NamedTuple):
 
 def dead_letter(stream: str, key: str, reason: str, *, retriable: bool = False,
                 digest: Digest | None = None, cursor: Any = None,
-                contact_id: str | None = None) -> Held:
+                contact_id: str | None = None, unanswered: int = 0) -> Held:
     return Held(stream, key, "dead", reason[:500], retriable, contact_id=contact_id,
-                cursor=cursor_json(cursor), payload_digest=digest)
+                cursor=cursor_json(cursor), payload_digest=digest, unanswered=unanswered)
 
 
 def bad_key(raw_id: Any, cursor: Any = None) -> str:
@@ -249,6 +249,9 @@ class EventPlan:
     held: list[Held]
     on_record: set[str]
     counts: Counts
+    # Tries of each event to send that went out before and got no reply (a forced retry
+    # starts afresh).
+    unanswered: dict[str, int] = field(default_factory=dict)
 
 
 def plan_events(stream: str, mapped: MappedEvents, held: Mapping[str, Held],
@@ -268,6 +271,9 @@ def plan_events(stream: str, mapped: MappedEvents, held: Mapping[str, Held],
             counts.skipped += 1
             continue
         plan.send.append(EventItem(key, event.contact_id, event.body, event.identity))
+        before = held.get(key)
+        if before is not None and before.unanswered and not force:
+            plan.unanswered[key] = before.unanswered
     return plan
 
 

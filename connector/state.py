@@ -120,6 +120,11 @@ MIGRATIONS: list[str] = [
     ALTER TABLE ledger ADD COLUMN identity BLOB;
     ALTER TABLE streams ADD COLUMN table_identity TEXT;
     """,
+    # 4: tries of an event that went out and got no reply, over all passes: such an event
+    # may have arrived, so its tries have a total budget (see deliver.py).
+    """
+    ALTER TABLE held ADD COLUMN unanswered INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 RUNS_KEPT = 500  # per stream; the history stays bounded
@@ -154,6 +159,7 @@ class Held:
     payload_digest: Digest | None = None
     first_seen: str = ""
     last_seen: str = ""
+    unanswered: int = 0  # tries that got no reply; on a commit, added to those on record
 
 
 class Delivered(NamedTuple):
@@ -612,15 +618,16 @@ class State(_Memory, _History):
             if page.held:
                 db.executemany(
                     "INSERT INTO held (stream, row_key, state, reason, retriable, attempts, "
-                    "contact_id, cursor, payload_digest, first_seen, last_seen) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (stream, row_key) "
+                    "contact_id, cursor, payload_digest, first_seen, last_seen, unanswered) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (stream, row_key) "
                     "DO UPDATE SET state = excluded.state, reason = excluded.reason, "
                     "retriable = excluded.retriable, attempts = held.attempts + 1, "
                     "contact_id = excluded.contact_id, cursor = excluded.cursor, "
-                    "payload_digest = excluded.payload_digest, last_seen = excluded.last_seen",
+                    "payload_digest = excluded.payload_digest, last_seen = excluded.last_seen, "
+                    "unanswered = held.unanswered + excluded.unanswered",
                     [(stream, h.row_key, h.state, h.reason, int(h.retriable), h.attempts,
-                      h.contact_id, h.cursor, h.payload_digest, text_now, text_now)
-                     for h in page.held])
+                      h.contact_id, h.cursor, h.payload_digest, text_now, text_now,
+                      h.unanswered) for h in page.held])
             if page.watermark is not None:
                 self._put_watermark(db, stream, page.watermark)
 
@@ -637,9 +644,9 @@ def _run(row: tuple[Any, ...]) -> Run:
 
 def _held(row: sqlite3.Row | tuple[Any, ...]) -> Held:
     (stream, row_key, state, reason, retriable, attempts, contact_id, cursor, payload_digest,
-     first_seen, last_seen) = row
+     first_seen, last_seen, unanswered) = row
     return Held(stream, row_key, state, reason, bool(retriable), attempts, contact_id, cursor,
-                payload_digest, first_seen, last_seen)
+                payload_digest, first_seen, last_seen, unanswered)
 
 
 def _create_private(path: Path) -> None:
