@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from connector import held, metrics, restart
+from connector import checks, held, metrics, restart
 from connector.context import Context, StopFlag
 from connector.cursor import Lookback, after, resolve_lookback
 from connector.errors import ConnectorError
@@ -172,6 +172,7 @@ def _window(ctx: Context, pages: StreamPages, high: Position | None,
             lookback: Lookback) -> Window:
     """What the window needs from the database and the state file, handed to `window`."""
     source, state, kind = ctx.source, ctx.state, pages.bound.cursor_kind
+    checks.note_standby(source)  # a standby's guard sees no transaction of the primary
     oldest = source.oldest_open_transaction()
     now = source.now()
     visible: Any = None
