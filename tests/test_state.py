@@ -151,3 +151,15 @@ def test_a_dry_run_on_an_older_file_migrates_a_copy_in_memory(tmp_path: Path) ->
         assert state.schema_version == len(MIGRATIONS)
         assert state.runs("s")[0].counts.read == 5
     assert path.read_bytes() == before
+
+
+def test_a_corrupt_file_is_named_with_what_to_do_whichever_way_it_is_opened(
+        tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    path.write_bytes(b"this is not a database" * 100)
+    for opener in (State.open, State.for_dry_run):
+        with pytest.raises(StateError) as caught:
+            opener(path)
+        assert str(caught.value).startswith(f"state file {path} is corrupt or not a "
+                                            "connector state file")
+        assert "move it aside to start afresh" in str(caught.value)
