@@ -16,9 +16,10 @@ from connector.wiraya import Wiraya
 
 
 def _open_state(settings: config.Settings) -> State | None:
+    """The state file to read from; reading it never writes it (nor migrates it)."""
     if not settings.state.exists():
         return None
-    return State.open(settings.state, create=False)
+    return State.for_dry_run(settings.state)
 
 
 def _show(position: Position | None) -> str | None:

@@ -255,15 +255,8 @@ class _File:
             conn.execute("PRAGMA foreign_keys=ON")
             state = cls(conn, path)
             state._migrate()
-        except sqlite3.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
-                raise StateError(f"state file {path} is locked by another process; wait for it "
-                                 "to finish, or stop the other connector") from None
-            raise StateError(f"cannot use state file {path}: {exc}") from None
-        except sqlite3.DatabaseError as exc:
-            raise StateError(f"state file {path} is corrupt or not a connector state file "
-                             f"({exc}); move it aside to start afresh (the next pass then "
-                             "resends every contact) or restore a backup") from None
+        except sqlite3.Error as exc:
+            raise _refusal(path, exc) from None
         return state
 
     @classmethod
@@ -288,8 +281,8 @@ class _File:
             conn.close()
             state = cls(memory, path)
             state._migrate()
-        except sqlite3.DatabaseError as exc:
-            raise StateError(f"cannot read state file {path}: {exc}") from None
+        except sqlite3.Error as exc:
+            raise _refusal(path, exc) from None
         return state
 
     def close(self) -> None:
@@ -630,6 +623,18 @@ class State(_Memory, _History):
                       h.unanswered) for h in page.held])
             if page.watermark is not None:
                 self._put_watermark(db, stream, page.watermark)
+
+
+def _refusal(path: Path, exc: sqlite3.Error) -> StateError:
+    """Why a state file cannot be used, and what to do about it."""
+    if isinstance(exc, sqlite3.OperationalError):
+        if "locked" in str(exc) or "busy" in str(exc):
+            return StateError(f"state file {path} is locked by another process; wait for it "
+                              "to finish, or stop the other connector")
+        return StateError(f"cannot use state file {path}: {exc}")
+    return StateError(f"state file {path} is corrupt or not a connector state file ({exc}); "
+                      "move it aside to start afresh (the next pass then resends every "
+                      "contact) or restore a backup")
 
 
 def _run(row: tuple[Any, ...]) -> Run:
