@@ -199,24 +199,39 @@ def test_bad_and_repeated_ids() -> None:
 # events
 
 
-def events(rows: list[tuple[Any, ...]], sent: set[str] | None = None,
+def events(rows: list[tuple[Any, ...]], sent: dict[str, bytes | None] | None = None,
            held: dict[str, Held] | None = None, absent: dict[str, str] | None = None,
            force: bool = False) -> Any:
     page = Rows(rows)
     keyed = key_rows("orders", page, EVENT_MAPPER.key, EVENT_COLUMNS)
-    mapped = map_events("orders", page, keyed, EVENT_MAPPER, EVENT_COLUMNS, sent or set(),
+    mapped = map_events("orders", page, keyed, EVENT_MAPPER, EVENT_COLUMNS, sent or {},
                         held or {})
     return plan_events("orders", mapped, held or {}, absent or {}, force)
 
 
 def test_events_in_the_ledger_are_skipped_and_no_longer_held() -> None:
     waiting = Held("orders", "11", "waiting", "contact 1 not yet delivered", contact_id="1")
-    plan = events([order(10), order(11), order(12)], sent={"10", "11"}, held={"11": waiting})
+    sent = {"10": EVENT_MAPPER.map(order(10)).identity, "11": None}  # None: an older ledger
+    plan = events([order(10), order(11), order(12)], sent=sent, held={"11": waiting})
     assert [item.key for item in plan.send] == ["12"]
     assert plan.send[0].body == {"at": "2026-11-27T09:00:00Z", "name": "Conversion",
                                  "schema": 1}
     assert plan.cleared == ["11"]
     assert plan.counts.skipped == 2
+
+
+def test_a_row_that_reuses_a_sent_id_is_a_new_event() -> None:
+    """The table was truncated and ids start again: the same id, another contact or time."""
+    before = EVENT_MAPPER.map(order(10, customer_id=1)).identity
+    plan = events([order(10, customer_id=2)], sent={"10": before})
+    assert [(item.key, item.contact_id) for item in plan.send] == [("10", "2")]
+    assert events([order(10, customer_id=1)], sent={"10": before}).send == []
+
+
+def test_tries_without_a_reply_are_carried_to_the_next_pass() -> None:
+    tried = Held("orders", "10", "dead", "no reply", True, contact_id="1", unanswered=2)
+    assert events([order(10)], held={"10": tried}).unanswered == {"10": 2}
+    assert events([order(10)], held={"10": tried}, force=True).unanswered == {}
 
 
 def test_an_event_waits_for_its_contact() -> None:

@@ -17,6 +17,7 @@ from connector.state import (
     FlagState,
     Held,
     LinkKey,
+    Sent,
     State,
 )
 from connector.values import Counts, Position
@@ -35,7 +36,7 @@ def a_page() -> Commit:
                   contacts=[Delivered("1", b"in", b"out"), Delivered("2", None, b"out2")],
                   links=[LinkKey("1", "welcome", "")],
                   flags=[FlagState("1", "OptOut", True)],
-                  ledger=["o-1"],
+                  ledger=[Sent("o-1", b"who-when")],
                   held=[Held("s", "3", "dead", "bad phone", payload_digest=b"x")])
 
 
@@ -46,7 +47,7 @@ def test_a_page_is_written_whole(state: State) -> None:
         "1": Delivered("1", b"in", b"out"), "2": Delivered("2", None, b"out2")}
     assert state.known_links(["1"]) == {LinkKey("1", "welcome", "")}
     assert state.known_flags("s", ["1"]) == {("1", "OptOut"): True}
-    assert state.sent_events("s", ["o-1", "o-2"]) == {"o-1"}
+    assert state.sent_events("s", ["o-1", "o-2"]) == {"o-1": b"who-when"}
     assert [(h.row_key, h.state, h.reason) for h in state.held("s")] == [
         ("3", "dead", "bad phone")]
 
@@ -60,7 +61,7 @@ def test_a_page_that_fails_to_write_leaves_nothing_behind(state: State) -> None:
     assert state.watermark("s") is None
     assert state.known_contacts("s", ["1", "2"]) == {}
     assert state.known_links(["1"]) == set()
-    assert state.sent_events("s", ["o-1"]) == set()
+    assert state.sent_events("s", ["o-1"]) == {}
     assert state.held("s") == []
 
 
