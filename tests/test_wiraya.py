@@ -160,7 +160,7 @@ def test_an_html_page_with_200_is_a_failed_call_retried_like_a_5xx(route: str) -
     api, transport, _ = client([HTML], max_attempts=3)
     result = SENDERS[route](api)
     assert not result.ok and result.retriable and not result.ambiguous
-    assert "gave up after 3 attempts: 200 an HTML page, not Wiraya's answer" in result.reason
+    assert "gave up after 3 attempts: 200 not Wiraya's answer: an HTML page" in result.reason
     assert "maintenance" in result.reason
     assert len(transport.api_calls) == 3
 
@@ -409,7 +409,7 @@ def test_a_token_refused_twice_is_an_auth_error() -> None:
 def test_a_login_answered_by_an_html_page_is_unavailable_not_a_refused_key() -> None:
     api, transport, _ = client([reply()], max_attempts=2)
     transport.login = lambda: HTML
-    with pytest.raises(ApiUnavailable, match="an HTML page"):
+    with pytest.raises(ApiUnavailable, match="not Wiraya's answer: an HTML page"):
         events(api)
 
 
