@@ -26,7 +26,7 @@ from urllib.parse import quote, urlsplit
 
 from connector import config, logs, metrics
 from connector.bulk import Bulk
-from connector.errors import ApiUnavailable, AuthError
+from connector.errors import ApiUnavailable, AuthError, WirayaError
 from connector.proxies import proxy_for
 from connector.replies import Delivery, Reply, Result, Route, describe, judge, outcome
 from connector.retry import Clock, Pacer, Policy, SystemClock
@@ -334,6 +334,12 @@ async def _gather(coroutines: Iterable[Awaitable[None]]) -> None:
     tasks = [asyncio.ensure_future(c) for c in coroutines]
     try:
         await asyncio.gather(*tasks)
+    except WirayaError:
+        # The API failed as a whole (a hold past max_hold, a refused key): the other workers
+        # meet the same at their next call, so let the requests in flight finish and be
+        # heard (cancelled, they may have arrived yet be sent again by the next pass).
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
     except BaseException:
         for task in tasks:
             task.cancel()

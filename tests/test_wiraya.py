@@ -332,6 +332,38 @@ def test_a_hold_longer_than_max_hold_fails_the_call_without_waiting() -> None:
     assert clock.sleeps == []
 
 
+def test_a_request_in_flight_when_the_pass_stops_is_still_heard() -> None:
+    sent, answered = asyncio.Event(), asyncio.Event()
+
+    class Gated(Scripted):
+        async def exchange(self, request: Request, ready: Ready) -> Response:
+            if request.url.endswith("/1/events"):  # in flight until the 429 has come
+                await ready()
+                sent.set()
+                await answered.wait()
+                for _ in range(3):  # the reply takes a while to read
+                    await asyncio.sleep(0)
+                return reply()
+            answer = await super().exchange(request, ready)
+            if answer.status == 429:
+                await sent.wait()
+                answered.set()
+            return answer
+
+    clock = FakeClock()
+    api = Wiraya(settings(BASE, concurrency=2), transport=Gated([limited(3600)], clock),
+                 clock=clock)
+    heard: dict[str, Result] = {}
+
+    async def go() -> None:
+        async with api:
+            with pytest.raises(ApiUnavailable):
+                await api.send_events([("e0", "0", EVENT), ("e1", "1", EVENT)], heard.update)
+
+    run(go())
+    assert list(heard) == ["e1"] and heard["e1"].ok
+
+
 def test_a_hold_within_max_hold_is_waited_out_by_every_call() -> None:
     api, transport, clock = client([limited(120), reply()], max_hold="5m")
     start = clock.now
