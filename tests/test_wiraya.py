@@ -15,6 +15,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpcore
@@ -76,8 +77,8 @@ def reply(status: int = 200, body: Any = None, headers: dict[str, str] | None = 
     return Response(status, {**JSON, **(headers or {})}, content)
 
 
-def token_reply(lifetime_hours: int = 1) -> Response:
-    return reply(200, {"authenticated": True, "token": f"tok-{lifetime_hours}",
+def token_reply() -> Response:
+    return reply(200, {"authenticated": True, "token": "tok-1",
                        "tokenExpires": "2999-01-01T00:00:00.0000000Z"})
 
 
@@ -404,11 +405,9 @@ def test_backoff_waits_between_tries_and_never_longer_than_backoff_max() -> None
 def test_the_token_is_refreshed_before_it_expires() -> None:
     clock = FakeClock()
     api, transport, _ = client([reply()], clock=clock)
-    lifetimes = iter([600.0, 600.0])
 
-    def login() -> Response:
-        from datetime import UTC, datetime, timedelta
-        expires = datetime.now(UTC) + timedelta(seconds=next(lifetimes))
+    def login() -> Response:  # a token that lives 10 minutes
+        expires = datetime.now(UTC) + timedelta(seconds=600)
         return reply(200, {"authenticated": True, "token": "t",
                            "tokenExpires": expires.strftime("%Y-%m-%dT%H:%M:%S.%fZ")})
 
