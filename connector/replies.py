@@ -67,12 +67,12 @@ def judge(route: Route, response: Response) -> Reply:
     status, raw = response.status, response.body
     retry_after = parse_retry_after(response.headers.get("retry-after"))
     if response.too_large:
-        return Reply(status, None, f"reply larger than {MAX_REPLY_BYTES} bytes", retry_after,
-                     foreign=True)
+        return Reply(status, None, f"not Wiraya's answer: a reply larger than "
+                                   f"{MAX_REPLY_BYTES} bytes", retry_after, foreign=True)
     kind = response.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "text/html" or raw.lstrip()[:1] == b"<":
         excerpt = " ".join(raw[:120].decode("utf-8", "replace").split())
-        return Reply(status, None, f"an HTML page, not Wiraya's answer ({kind or 'no type'}: "
+        return Reply(status, None, f"not Wiraya's answer: an HTML page ({kind or 'no type'}: "
                                    f"{excerpt!r})", retry_after, foreign=True)
     data, readable = _parse(raw)
     if 300 <= status < 400:
@@ -83,7 +83,7 @@ def judge(route: Route, response: Response) -> Reply:
         return Reply(status, data, raw[:300].decode("utf-8", "replace"), retry_after)
     why = _not_the_contract(route, raw, data, readable)
     if why:
-        return Reply(status, None, why, retry_after, foreign=True)
+        return Reply(status, None, f"not Wiraya's answer: {why}", retry_after, foreign=True)
     return Reply(status, data, "", retry_after)
 
 

@@ -15,7 +15,6 @@ import asyncio
 import random
 import time
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Protocol
 
 from connector import config
@@ -67,12 +66,11 @@ class Policy:
 
 def duration_text(seconds: float) -> str:
     """`300` -> `5m`, `90` -> `90s`: how a duration is written in the config."""
-    whole = timedelta(seconds=seconds)
     if seconds >= 3600 and seconds % 3600 == 0:
         return f"{int(seconds // 3600)}h"
     if seconds >= 60 and seconds % 60 == 0:
         return f"{int(seconds // 60)}m"
-    return f"{whole.total_seconds():g}s"
+    return f"{seconds:g}s"
 
 
 class Pacer:

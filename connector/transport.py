@@ -138,7 +138,10 @@ def _lane(context: ssl.SSLContext, proxy: Proxy | None) -> httpcore.AsyncConnect
         return httpcore.AsyncConnectionPool(ssl_context=context, max_connections=1,
                                             max_keepalive_connections=1, keepalive_expiry=60.0)
     return httpcore.AsyncHTTPProxy(proxy_url=proxy.url, proxy_auth=proxy.auth,
-                                   ssl_context=context, max_connections=1,
+                                   ssl_context=context,
+                                   proxy_ssl_context=context if proxy.url.startswith(
+                                       "https:") else None,
+                                   max_connections=1,
                                    max_keepalive_connections=1, keepalive_expiry=60.0)
 
 

@@ -2,15 +2,21 @@
 
 One client serves every stream of a process, so the rate limit, the concurrency bound and a
 `Retry-After` hold apply to all of them at once. Calls that concern one row return a
-`Result` (accepted, or refused with a reason and whether a later retry may help); only a
-failure of the API as a whole raises (`AuthError`, `ApiUnavailable`).
+`Result` (accepted, or refused with a reason, whether a later retry may help, and whether a
+try that got no reply may have arrived); only a failure of the API as a whole raises
+(`AuthError`, `ApiUnavailable`).
 
-    rows -> N workers -> [a lane: one keep-alive connection] -> [pace: hold for
-             Retry-After, then the rate limit] -> the request
-             5xx / timeout / dropped connection: backoff with jitter, up to max_attempts
-             429: every worker holds back; does not count as an attempt
+    rows -> N workers -> transport (a lane: one keep-alive connection, through the
+             environment's proxy) -> [pace: the Retry-After hold, then the rate limit]
+             -> the request -> the reply judged against its route's contract (replies.py)
+             5xx / timeout / dropped connection / not the API's answer: backoff with
+                 jitter, up to max_attempts (or the item's budget)
+             429: every worker holds back; does not count as an attempt; a hold longer
+                 than max_hold fails the call at once (ApiUnavailable)
              401: fetch a new token once, then retry
              400: refused for good, with the reply
+
+Seams (retry.py, transport.py): `Wiraya(settings, transport=..., clock=..., policy=...)`.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from urllib.parse import quote, urlsplit
 
 from connector import config, logs, metrics
 from connector.bulk import Bulk
-from connector.errors import ApiUnavailable, AuthError
+from connector.errors import ApiUnavailable, AuthError, WirayaError
 from connector.proxies import proxy_for
 from connector.replies import Delivery, Reply, Result, Route, describe, judge, outcome
 from connector.retry import Clock, Pacer, Policy, SystemClock
@@ -334,6 +340,12 @@ async def _gather(coroutines: Iterable[Awaitable[None]]) -> None:
     tasks = [asyncio.ensure_future(c) for c in coroutines]
     try:
         await asyncio.gather(*tasks)
+    except WirayaError:
+        # The API failed as a whole (a hold past max_hold, a refused key): the other workers
+        # meet the same at their next call, so let the requests in flight finish and be
+        # heard (cancelled, they may have arrived yet be sent again by the next pass).
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
     except BaseException:
         for task in tasks:
             task.cancel()

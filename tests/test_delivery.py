@@ -193,3 +193,19 @@ def test_killed_at_any_moment_nothing_is_lost(db: Database, api: Sandbox,
     assert len(seen) == 3_000  # no event lost
     # Resent at most what was in flight when each kill came (the requests, not the rows).
     assert sum(count - 1 for count in seen.values()) <= kills * concurrency
+
+
+def test_a_retry_after_longer_than_max_hold_ends_sync_with_exit_1(db: Database, api: Sandbox,
+                                                                  write_config) -> None:
+    db.execute(CUSTOMERS)
+    add_customers(db, 1, 30)
+    path = write_config(contacts={"customers": customers_stream()},
+                        wiraya={"bulk_size": 1, "concurrency": 2, "max_hold": "5m"})
+    api.faults.rate_limit = 0.001  # after the first request, every call is answered 429
+    api.faults.retry_after = 3600
+    result = cli("--config", str(path), "sync", timeout=60)  # never blocks for the hour
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Wiraya asked every call to wait 3600 s (Retry-After on /api/Contact/{id}), " \
+           "longer than wiraya.max_hold (5m); the pass stops and the next one starts from " \
+           "the same place" in result.stderr
+    assert held_rows(path) == []  # nothing held: the next pass starts from the same place

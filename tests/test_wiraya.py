@@ -15,6 +15,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpcore
@@ -76,8 +77,8 @@ def reply(status: int = 200, body: Any = None, headers: dict[str, str] | None = 
     return Response(status, {**JSON, **(headers or {})}, content)
 
 
-def token_reply(lifetime_hours: int = 1) -> Response:
-    return reply(200, {"authenticated": True, "token": f"tok-{lifetime_hours}",
+def token_reply() -> Response:
+    return reply(200, {"authenticated": True, "token": "tok-1",
                        "tokenExpires": "2999-01-01T00:00:00.0000000Z"})
 
 
@@ -160,7 +161,7 @@ def test_an_html_page_with_200_is_a_failed_call_retried_like_a_5xx(route: str) -
     api, transport, _ = client([HTML], max_attempts=3)
     result = SENDERS[route](api)
     assert not result.ok and result.retriable and not result.ambiguous
-    assert "gave up after 3 attempts: 200 an HTML page, not Wiraya's answer" in result.reason
+    assert "gave up after 3 attempts: 200 not Wiraya's answer: an HTML page" in result.reason
     assert "maintenance" in result.reason
     assert len(transport.api_calls) == 3
 
@@ -332,6 +333,38 @@ def test_a_hold_longer_than_max_hold_fails_the_call_without_waiting() -> None:
     assert clock.sleeps == []
 
 
+def test_a_request_in_flight_when_the_pass_stops_is_still_heard() -> None:
+    sent, answered = asyncio.Event(), asyncio.Event()
+
+    class Gated(Scripted):
+        async def exchange(self, request: Request, ready: Ready) -> Response:
+            if request.url.endswith("/1/events"):  # in flight until the 429 has come
+                await ready()
+                sent.set()
+                await answered.wait()
+                for _ in range(3):  # the reply takes a while to read
+                    await asyncio.sleep(0)
+                return reply()
+            answer = await super().exchange(request, ready)
+            if answer.status == 429:
+                await sent.wait()
+                answered.set()
+            return answer
+
+    clock = FakeClock()
+    api = Wiraya(settings(BASE, concurrency=2), transport=Gated([limited(3600)], clock),
+                 clock=clock)
+    heard: dict[str, Result] = {}
+
+    async def go() -> None:
+        async with api:
+            with pytest.raises(ApiUnavailable):
+                await api.send_events([("e0", "0", EVENT), ("e1", "1", EVENT)], heard.update)
+
+    run(go())
+    assert list(heard) == ["e1"] and heard["e1"].ok
+
+
 def test_a_hold_within_max_hold_is_waited_out_by_every_call() -> None:
     api, transport, clock = client([limited(120), reply()], max_hold="5m")
     start = clock.now
@@ -372,11 +405,9 @@ def test_backoff_waits_between_tries_and_never_longer_than_backoff_max() -> None
 def test_the_token_is_refreshed_before_it_expires() -> None:
     clock = FakeClock()
     api, transport, _ = client([reply()], clock=clock)
-    lifetimes = iter([600.0, 600.0])
 
-    def login() -> Response:
-        from datetime import UTC, datetime, timedelta
-        expires = datetime.now(UTC) + timedelta(seconds=next(lifetimes))
+    def login() -> Response:  # a token that lives 10 minutes
+        expires = datetime.now(UTC) + timedelta(seconds=600)
         return reply(200, {"authenticated": True, "token": "t",
                            "tokenExpires": expires.strftime("%Y-%m-%dT%H:%M:%S.%fZ")})
 
@@ -409,7 +440,7 @@ def test_a_token_refused_twice_is_an_auth_error() -> None:
 def test_a_login_answered_by_an_html_page_is_unavailable_not_a_refused_key() -> None:
     api, transport, _ = client([reply()], max_attempts=2)
     transport.login = lambda: HTML
-    with pytest.raises(ApiUnavailable, match="an HTML page"):
+    with pytest.raises(ApiUnavailable, match="not Wiraya's answer: an HTML page"):
         events(api)
 
 
