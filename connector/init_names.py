@@ -130,12 +130,28 @@ def international(value: object) -> phonenumbers.PhoneNumber | None:
 
 def sample_region(values: Iterable[object]) -> str | None:
     """The country of most of the sample's international numbers (None: no clear majority)."""
-    regions = Counter(phonenumbers.region_code_for_number(number)
+    # The main country of each calling code (+44: GB, not GG): the region only says how to
+    # read numbers written without a country code.
+    regions = Counter(phonenumbers.region_code_for_country_code(number.country_code)
                       for number in map(international, values) if number is not None)
     if not regions:
         return None
     region, count = regions.most_common(1)[0]
-    return str(region) if region and count * 2 > sum(regions.values()) else None
+    known = region and region != phonenumbers.UNKNOWN_REGION
+    return str(region) if known and count * 2 > sum(regions.values()) else None
+
+
+_PHONE_SHAPE = re.compile(r"[+(]?[0-9][0-9 ().\-/]{5,24}")
+
+
+def phone_shaped(value: object) -> bool:
+    """Whether a value looks like a phone number at all (7 to 15 digits, phone punctuation):
+    the test for a column named like a phone whose numbers have no country code."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not _PHONE_SHAPE.fullmatch(value.strip()):
+        return False
+    return 7 <= sum(char.isdigit() for char in value) <= 15
 
 
 def valid_phones(values: Iterable[object], region: str | None) -> int:

@@ -163,16 +163,25 @@ def find_phone(table: Table, region: str | None) -> Phone | None:
             continue
         zone = region or names.sample_region(column.samples)
         good = names.valid_phones(column.samples, zone)
-        share = good / len(column.samples) if column.samples else None
-        if (by_name and (share is None or share >= 0.5)) or \
-                (share is not None and share >= PHONE_SHARE and len(column.samples) >= 3):
-            scored.append((by_name + (share or 0), column, zone, good))
+        if by_name and _phone_like(column, good):
+            scored.append((by_name + good / max(1, len(column.samples)), column, zone, good))
+        elif len(column.samples) >= 3 and good >= PHONE_SHARE * len(column.samples):
+            scored.append((good / len(column.samples), column, zone, good))
     if not scored:
         return None
     scored.sort(key=lambda item: -item[0])
     _score, best, zone, good = scored[0]
     return Phone(column=best.name, region=zone, why=_phone_why(best, zone, good, region),
                  others=tuple(item[1].name for item in scored[1:]))
+
+
+def _phone_like(column: Column, good: int) -> bool:
+    """A column named like a phone holds numbers: valid ones, or at least phone-shaped ones
+    (local numbers cannot be validated without a region). An empty table: by name alone."""
+    if not column.samples:
+        return True
+    shaped = sum(1 for value in column.samples if names.phone_shaped(value))
+    return max(good, shaped) >= 0.5 * len(column.samples)
 
 
 def _phone_why(column: Column, zone: str | None, good: int, given: str | None) -> str:

@@ -135,8 +135,9 @@ def cursor_lines(cursor: Cursor, item: Contacts | Events, dialect: str,
                 _line(4, "# each pass compares the whole table (narrow pages of id and digest;"),
                 _line(4, "# only the rows that changed are read in full)."),
                 _line(4, "cursor: none")]
-    lines = [_line(4, f"cursor: {scalar(cursor.column)}", cursor.why
-                   + (f"; {cursor.index} starts with it" if cursor.index else ""))]
+    served = "" if cursor.index is None else "; the primary key serves it" \
+        if cursor.index == "the primary key" else f"; index {cursor.index} starts with it"
+    lines = [_line(4, f"cursor: {scalar(cursor.column)}", cursor.why + served)]
     if cursor.index is None:
         name = quote(item.table.name)
         if dialect == "postgresql" and item.table.schema:
