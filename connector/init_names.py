@@ -132,7 +132,7 @@ def sample_region(values: Iterable[object]) -> str | None:
     """The country of most of the sample's international numbers (None: no clear majority)."""
     # The main country of each calling code (+44: GB, not GG): the region only says how to
     # read numbers written without a country code.
-    regions = Counter(phonenumbers.region_code_for_country_code(number.country_code)
+    regions = Counter(phonenumbers.region_code_for_country_code(number.country_code or 0)
                       for number in map(international, values) if number is not None)
     if not regions:
         return None
