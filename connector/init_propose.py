@@ -271,8 +271,8 @@ def contact_link(table: Table, contacts: Contacts) -> tuple[str, str] | None:
     """The column of `table` that holds the contact's id, and why it is taken to."""
     target = contacts.table
     for foreign in table.foreign_keys:
-        if foreign.table == target.name and foreign.referred == (contacts.id,) \
-                and len(foreign.columns) == 1:
+        if foreign.table == target.name and foreign.schema is None \
+                and foreign.referred == (contacts.id,) and len(foreign.columns) == 1:
             return foreign.columns[0], f"a foreign key to {target.name}.{contacts.id}"
     key = names.joined(contacts.id)
     wanted = {names.singular(target.name) + "id"} | ({key} if key != "id" else set())

@@ -70,6 +70,11 @@ CREATE TABLE "Deals" (
     "ClosedAt"  timestamptz NOT NULL
 );
 CREATE TABLE "AuditLog" ("EntryId" bigint PRIMARY KEY, "Text" text, "At" timestamptz);
+-- a table of the same name in another schema is not the contact table
+CREATE SCHEMA archive;
+CREATE TABLE archive."Contacts" ("ContactId" bigint PRIMARY KEY);
+CREATE TABLE "OldDeals" ("OldDealId" bigint PRIMARY KEY, "ClosedAt" timestamptz,
+                         "Ref" bigint REFERENCES archive."Contacts" ("ContactId"));
 INSERT INTO "Contacts" ("ContactId", "FirstName", "LastName", "MobilePhone", "HomePhone",
                         "City", "Country", "Notes")
 SELECT i, 'Given' || i, 'Family' || i, '+46 70 ' || (1000000 + i), '08-' || (5000000 + i),
@@ -118,6 +123,7 @@ def test_a_postgresql_crm_gets_a_config_that_check_accepts(db: Database, api: Sa
         "key to Contacts.ContactId), at ClosedAt, cursor DealId (an integer primary key: each "
         "new row is read once)")
     assert "skipped AuditLog: no phone number column" in stderr
+    assert "skipped OldDeals: no phone number column" in stderr
     env = {"DATABASE_URL": db.url, "WIRAYA_API_KEY": API_KEY, "WIRAYA_BASE_URL": api.url}
     settings = config.load(path, env=env)
     assert settings.contacts["contacts"].columns() == [
@@ -251,8 +257,8 @@ CREATE TABLE employees (
     EmployeeId INTEGER PRIMARY KEY, LastName NVARCHAR(20) NOT NULL,
     FirstName NVARCHAR(20) NOT NULL, Title NVARCHAR(30),
     ReportsTo INTEGER REFERENCES employees (EmployeeId), BirthDate DATETIME, HireDate DATETIME,
-    City NVARCHAR(40), Country NVARCHAR(40), Phone NVARCHAR(24), Fax NVARCHAR(24),
-    Email NVARCHAR(60));
+    City NVARCHAR(40), Country NVARCHAR(40), PostalCode NVARCHAR(10), Phone NVARCHAR(24),
+    Fax NVARCHAR(24), Email NVARCHAR(60));
 CREATE TABLE customers (
     CustomerId INTEGER PRIMARY KEY, FirstName NVARCHAR(40) NOT NULL,
     LastName NVARCHAR(20) NOT NULL, Company NVARCHAR(80), Address NVARCHAR(70),
@@ -264,7 +270,8 @@ CREATE TABLE invoices (
     InvoiceDate DATETIME NOT NULL, BillingCity NVARCHAR(40), Total NUMERIC(10, 2) NOT NULL);
 CREATE TABLE genres (GenreId INTEGER PRIMARY KEY, Name NVARCHAR(120));
 INSERT INTO employees VALUES (1, 'Adams', 'Andrew', 'General Manager', NULL,
-    '1962-02-18 00:00:00', '2002-08-14 00:00:00', 'Edmonton', 'Canada', '+1 (780) 428-9482',
+    '1962-02-18 00:00:00', '2002-08-14 00:00:00', 'Edmonton', 'Canada', 'T5K 2N1',
+    '+1 (780) 428-9482',
     '+1 (780) 428-3457', 'andrew@chinookcorp.com');
 INSERT INTO customers VALUES
     (1, 'Luís', 'Gonçalves', 'Embraer', 'Av. Brigadeiro', 'São José dos Campos', 'SP', 'Brazil',
@@ -293,13 +300,14 @@ def test_the_chinook_shape(tmp_path: Path) -> None:
         "events": {"invoices": {"table": "invoices", "id": "InvoiceId",
                                 "contact": "CustomerId", "cursor": "InvoiceId",
                                 "at": "InvoiceDate", "name": "Conversion"}}}
-    # Employees have phone numbers too, but no event table points at them: an alternative.
+    # Employees have phone numbers and more fields, but no event table points at them: an
+    # alternative.
     assert proposed(uncommented(stdout))["contacts"]["employees"] == {
         "table": "employees", "id": "EmployeeId", "cursor": "none",
         "personal": {"phoneNumber": {"column": "Phone", "region": "US"},
                      "givenName": "FirstName", "surName": "LastName",
                      "birthDate": "BirthDate"},
-        "general": {"city": "City", "country": "Country"}}
+        "general": {"city": "City", "country": "Country", "postCode": "PostalCode"}}
     assert "no region: no country holds most of the sample's numbers" in stderr
     assert "Fax" not in stdout
     assert stderr.splitlines()[-1] == ("skipped genres: no phone number column (by name or by "
