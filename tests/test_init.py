@@ -277,9 +277,9 @@ INSERT INTO customers VALUES
     (1, 'Luís', 'Gonçalves', 'Embraer', 'Av. Brigadeiro', 'São José dos Campos', 'SP', 'Brazil',
      '12227-000', '+55 (12) 3923-5555', '+55 (12) 3923-5566', 'luisg@embraer.com.br', 1),
     (2, 'Leonie', 'Köhler', NULL, 'Theodor-Heuss-Straße 34', 'Stuttgart', NULL, 'Germany',
-     '70174', '+49 0711 2842222', NULL, 'leonekohler@surfeu.de', 1),
+     '70174', '+49 0711 2842222', '+49 0711 2842223', 'leonekohler@surfeu.de', 1),
     (3, 'François', 'Tremblay', NULL, '1498 rue Bélanger', 'Montréal', 'QC', 'Canada',
-     'H2G 1A7', '+1 (514) 721-4711', NULL, 'ftremblay@gmail.com', 1);
+     'H2G 1A7', '+1 (514) 721-4711', '+1 (514) 721-4712', 'ftremblay@gmail.com', 1);
 INSERT INTO invoices VALUES (1, 2, '2009-01-01 00:00:00', 'Stuttgart', 1.98);
 """
 
