@@ -208,8 +208,10 @@ def _fields(table: Table) -> tuple[Mapped, ...]:
                 continue
             if wiraya_field in names.TIME_FIELDS and not names.is_time(column):
                 continue
+            held = " holding ISO 8601 times" if column.kind == "text" \
+                and wiraya_field in names.TIME_FIELDS else ""
             mapped.append(Mapped(wiraya_field, section, column.name,
-                                 f"by name ({column.type_name.lower()})"))
+                                 f"by name ({column.type_name.lower()}{held})"))
             break
     return tuple(mapped)
 
