@@ -615,8 +615,9 @@ def load(path: str | os.PathLike[str] | None = None,
         text = where.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError([("", f"no config file at {where}; pass --config PATH, set "
-                                f"${ENV_PATH}, or create ./{DEFAULT_PATH} "
-                                "(see config/connector.example.yaml)")], str(where)) from None
+                                f"${ENV_PATH}, or create ./{DEFAULT_PATH}: `connector init` "
+                                "writes one from your database, `connector init --example` "
+                                "prints a full example")], str(where)) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([("", f"cannot read the config: {exc}")], str(where)) from None
     return parse(text, str(where), env, where.parent)
