@@ -524,6 +524,10 @@ class Wiraya:
             results[cid] = await single(cid, body)
         return results
 
+    def hold_remaining(self) -> float:
+        """Seconds left of a `Retry-After` hold (0 when none); safe to read from any thread."""
+        return max(0.0, self.pacer.hold_until - time.monotonic())
+
 
 class ReplyTooLarge(Exception):
     pass
