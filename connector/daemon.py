@@ -50,7 +50,7 @@ def run(settings: config.Settings) -> int:
     except OSError as exc:  # a read-only or foreign folder: one line, not a traceback
         raise folder_error(settings.state, exc) from None
     try:
-        return asyncio.run(_Daemon(settings).main())
+        return asyncio.run(_Daemon(settings, lock).main())
     finally:
         lock.release()
 
@@ -64,8 +64,9 @@ def _max_hold(settings: config.Settings) -> float:
 
 
 class _Daemon:
-    def __init__(self, settings: config.Settings) -> None:
+    def __init__(self, settings: config.Settings, lock: DaemonLock) -> None:
         self.settings = settings
+        self.lock = lock
         self.names = session.pick_streams(settings, [])
         self.health = Health(self.names, settings.daemon.unready_after_failures,
                              _max_hold(settings))
@@ -155,7 +156,7 @@ class _Daemon:
 
     async def _pass(self, name: str) -> None:
         slog = for_stream(name)
-        problem = self.watch.check()
+        problem = self.watch.check() or self._keep_lock()
         if problem is not None:  # the state is lost for good: stop before anything is sent
             self.health.state_problem = problem
             self.exit_code = 1
@@ -177,6 +178,22 @@ class _Daemon:
         self.health.record(name, PassOutcome(
             report.outcome, report.error, fatal=report.exit_code == 2,
             read=report.counts["read"], sent=report.counts["sent"]))
+
+    def _keep_lock(self) -> str | None:
+        """Take the daemon lock again if its file went with a deleted state folder, so that
+        a second daemon is still refused."""
+        if self.lock.path.exists():
+            return None
+        self.lock.release()
+        try:
+            self.lock.acquire()
+        except (ConnectorError, OSError) as exc:
+            problem = f"the daemon lock {self.lock.path} was deleted and cannot be taken " \
+                      f"again ({exc}); stopping"
+            log.error(problem)
+            return problem
+        log.warning("the daemon lock %s was deleted; taken again", self.lock.path)
+        return None
 
     async def _finish_running(self) -> None:
         """Let the running passes finish their page, within `daemon.stop_timeout`."""

@@ -66,12 +66,14 @@ def test_a_state_file_deleted_under_the_daemon_is_put_back_and_nothing_is_resent
     daemons.append(daemon)
     wait_for(lambda: len(per_order(api)) == 300, 60, "every event")
 
-    for file in state.parent.glob("connector.db*"):  # the file, its -wal and its -shm
-        file.unlink()
+    shutil.rmtree(state.parent)  # the file, its -wal, its -shm and the lock folder
     add_orders(db, 301, 20, customers=100,
                at="'2026-01-02'::timestamptz + i * interval '1 second'")
     wait_for(lambda: len(per_order(api)) == 320, 30, "the orders added after the deletion")
     wait_for(lambda: "THE STATE FILE" in daemon.log(), 10, "the loud line")
+    second = cli("--config", str(path), "run", timeout=30)
+    assert second.returncode == 1
+    assert "another connector daemon (pid" in second.stderr
     assert daemon.stop() == 0
     assert f"THE STATE FILE {state} WAS DELETED while the daemon ran: the daemon put its " \
            "state back from the file it held open" in daemon.log()
