@@ -49,10 +49,11 @@ def run(settings: config.Settings) -> int:
         lock = DaemonLock(settings.state).acquire()
     except OSError as exc:  # a read-only or foreign folder: one line, not a traceback
         raise folder_error(settings.state, exc) from None
+    daemon = _Daemon(settings, lock)
     try:
-        return asyncio.run(_Daemon(settings, lock).main())
+        return asyncio.run(daemon.main())
     finally:
-        lock.release()
+        daemon.lock.release()  # the lock may have been taken again (see _keep_lock)
 
 
 def _max_hold(settings: config.Settings) -> float:
@@ -186,7 +187,7 @@ class _Daemon:
             return None
         self.lock.release()
         try:
-            self.lock.acquire()
+            self.lock = DaemonLock(self.settings.state).acquire()
         except (ConnectorError, OSError) as exc:
             problem = f"the daemon lock {self.lock.path} was deleted and cannot be taken " \
                       f"again ({exc}); stopping"
