@@ -448,6 +448,13 @@ class Metrics(_Model):
         return host.strip("[]") or "127.0.0.1", int(port)
 
 
+class Daemon(_Model):
+    """`connector run`: how it stops and when it stops calling itself ready."""
+
+    stop_timeout: Duration = timedelta(seconds=30)  # SIGTERM: time to finish the pages in flight
+    unready_after_failures: int = Field(default=2, ge=1, le=1000)  # passes failed in a row
+
+
 class Settings(_Model):
     source: Source
     wiraya: Wiraya
@@ -456,6 +463,7 @@ class Settings(_Model):
     events: dict[str, EventStream] = Field(default_factory=dict)
     logging: Logging = Logging()
     metrics: Metrics | None = None
+    daemon: Daemon = Daemon()
 
     @property
     def streams(self) -> dict[str, ContactStream | EventStream]:
@@ -507,7 +515,7 @@ def _vocabulary() -> list[str]:
     names: set[str] = set()
     models: list[type[BaseModel]] = [Settings, Source, Wiraya, Logging, Metrics, ContactStream,
                                      EventStream, FieldMap, CampaignLink, Iteration, Condition,
-                                     ColumnEvent, TableRef]
+                                     ColumnEvent, TableRef, Daemon]
     for model in models:
         for name, info in model.model_fields.items():
             names.add(info.alias or name)

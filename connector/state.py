@@ -572,6 +572,40 @@ class _History(_File):
                                  (stream,)).fetchone()
         return int(row[0])
 
+    # -- for the daemon: a state file lost or full under a running process -------------------
+
+    def probe_write(self) -> None:
+        """Commit a one-page write (the schema version, unchanged), so that a full disk or a
+        file that cannot be written shows as a `StateError` before a pass sends anything."""
+        version = self.schema_version
+        with self._write() as db:
+            db.execute(f"PRAGMA user_version = {int(version)}")
+
+    def backup_to(self, target: Path) -> None:
+        """Copy the whole state, as this connection sees it (even from a deleted file), into a
+        new SQLite file at `target` (SQLite's online backup API)."""
+        copy = sqlite3.connect(target)
+        try:
+            self._conn.backup(copy)
+        finally:
+            copy.close()
+
+    def reopen(self) -> None:
+        """Close the connection, then open the file at `self.path` again (after it was put
+        back). Closed first: SQLite removes a closing connection's -wal and -shm by name."""
+        self._conn.close()
+        self._conn = State.open(self.path, create=False)._conn
+
+    def finish_unfinished_runs(self, streams: Sequence[str], after_id: int, outcome: str,
+                               note: str) -> int:
+        """Close the runs still marked running (a pass cut short), newer than `after_id`."""
+        with self._write() as db:
+            cursor = db.execute(
+                f"UPDATE runs SET outcome = ?, error = ?, finished_at = ? WHERE id > ? AND "
+                f"outcome = 'running' AND stream IN ({_marks(streams)})",
+                (outcome, note, _now_text(), after_id, *streams))
+            return int(cursor.rowcount)
+
 
 class State(_Memory, _History):
     """The state file. Use from one thread; other processes may share the file (WAL)."""
