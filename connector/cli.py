@@ -110,6 +110,15 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = command("demo", _demo, "the whole flow on an embedded database and a local sandbox")
     demo.add_argument("--dir", help="keep the demo's files here (default: a temporary folder)")
+
+    init = command("init", _init, "look at a database and write a config that check accepts")
+    init.add_argument("--url", help="the database (default: $DATABASE_URL); not written out")
+    init.add_argument("-o", "--output", help="where to write the config, - for stdout "
+                                             "(default: --config, else ./connector.yaml)")
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    init.add_argument("--region", help="read phone numbers without a country code in this "
+                                       "country, e.g. SE (default: the sample's most common)")
+    init.add_argument("--example", action="store_true", help="print the full example config")
     return parser
 
 
@@ -233,13 +242,14 @@ def _dead_list(args: argparse.Namespace) -> int:
 
 def _dead_retry(args: argparse.Namespace) -> int:
     from connector import session
+    from connector.sync import Retry
 
     settings = _settings(args, quiet=True)
     names = session.pick_streams(settings, [args.stream] if args.stream else [])
 
     async def go() -> list[Any]:
         async with session.opened(settings, stop=session.stop_on_signals()) as ctx:
-            return await session.run_streams(ctx, names, "retry")
+            return await session.run_streams(ctx, names, Retry())
 
     reports = asyncio.run(go())
     for item in reports:
@@ -308,6 +318,17 @@ def _demo(args: argparse.Namespace) -> int:
 
     logs.setup("text", "debug" if args.verbose else "error")
     return demo.run(Path(args.dir) if args.dir else None, out)
+
+
+def _init(args: argparse.Namespace) -> int:
+    from connector import init
+
+    if args.example:
+        sys.stdout.write(init.example())
+        return 0
+    output = args.output or str(config.find(args.config))
+    return init.run(args.url, output, args.force, args.region, stdout=sys.stdout,
+                    stderr=sys.stderr)
 
 
 if __name__ == "__main__":
