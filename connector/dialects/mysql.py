@@ -1,0 +1,162 @@
+"""Every MySQL- and MariaDB-specific statement and setting (through PyMySQL).
+
+Each session the connector opens is read-only (`SET SESSION TRANSACTION READ ONLY`: every
+page is its own read-only transaction), runs in UTC (`time_zone = '+00:00'`, so a TIMESTAMP
+column reads the same whatever the server's zone) and has a statement time limit
+(`max_statement_time` on MariaDB, `max_execution_time` on MySQL).
+
+A TIMESTAMP column holds an instant: it is read as an aware UTC time. A DATETIME column
+holds a wall-clock time: it stays naive and is read in `source.timezone`, like PostgreSQL's
+`timestamp`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects import mysql as mysql_types
+from sqlalchemy.engine import Connection, Engine
+
+# Errors that mean "this user may not read that": no PROCESS privilege for innodb_trx.
+ACCESS_DENIED = {1044, 1142, 1227}
+
+GRANT_HINT = "GRANT PROCESS ON *.* TO the connector's user"
+
+
+def connect_args(connect_timeout: float) -> dict[str, Any]:
+    return {"connect_timeout": max(1, int(connect_timeout)), "charset": "utf8mb4"}
+
+
+def prepare(engine: Engine, statement_timeout: float) -> None:
+    """Every new session: read-only, in UTC, with a statement time limit."""
+
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        mariadb = is_mariadb(str(dbapi_connection.get_server_info()))
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("SET SESSION TRANSACTION READ ONLY")
+            cursor.execute("SET SESSION time_zone = '+00:00'")
+            if mariadb:
+                cursor.execute("SET SESSION max_statement_time = %s",
+                               (round(statement_timeout, 3),))
+            else:
+                cursor.execute("SET SESSION max_execution_time = %s",
+                               (int(statement_timeout * 1000),))
+        finally:
+            cursor.close()
+        dbapi_connection.commit()
+
+    event.listen(engine, "connect", on_connect)
+
+
+def is_mariadb(server_version: str) -> bool:
+    return "mariadb" in server_version.lower()
+
+
+class UtcTimestamp(mysql_types.TIMESTAMP):
+    """A TIMESTAMP column read as aware UTC times and compared with aware times.
+
+    The session runs at `+00:00`, so the server hands over and takes UTC wall times; PyMySQL
+    would send an aware time's own wall clock, so it is turned to UTC here first.
+    """
+
+    def __init__(self, fsp: int | None = None) -> None:
+        super().__init__(timezone=True, fsp=fsp)
+
+    def bind_processor(self, dialect: Any) -> Any:
+        def process(value: Any) -> Any:
+            if isinstance(value, datetime) and value.tzinfo is not None:
+                return value.astimezone(UTC).replace(tzinfo=None)
+            return value
+        return process
+
+    def result_processor(self, dialect: Any, coltype: Any) -> Any:
+        def process(value: Any) -> Any:
+            if isinstance(value, datetime):
+                return value.replace(tzinfo=UTC)
+            return value
+        return process
+
+
+def metadata() -> sa.MetaData:
+    """A MetaData whose reflected TIMESTAMP columns read as aware UTC times."""
+    meta = sa.MetaData()
+
+    def reflected(_inspector: Any, _table: sa.Table, column: dict[str, Any]) -> None:
+        if isinstance(column["type"], mysql_types.TIMESTAMP):
+            column["type"] = UtcTimestamp(getattr(column["type"], "fsp", None))
+
+    event.listen(meta, "column_reflect", reflected)
+    return meta
+
+
+def digest(columns: tuple[sa.ColumnElement[Any], ...], salt: str) -> sa.ColumnElement[Any]:
+    """A signed 64-bit hash of the row's values as text, seeded with the mapping's salt.
+
+    QUOTE gives each value an unambiguous text (NULL as the bare word NULL, strings quoted
+    and escaped), so no two different rows join to the same text; the first 16 hex digits
+    of its MD5, read as a signed number, fit SQLite's integer like PostgreSQL's hash does.
+    """
+    seed = hashlib.blake2b(salt.encode(), digest_size=8).hexdigest()
+    text = sa.func.concat_ws(",", sa.literal(seed, sa.String),
+                             *(sa.func.quote(column) for column in columns))
+    signed = sa.func.conv(sa.func.left(sa.func.md5(text), 16), 16, -10)
+    return sa.cast(signed, mysql_types.BIGINT).label("_digest")
+
+
+def oldest_open_transaction(conn: Connection) -> datetime | None:
+    """When the oldest other transaction that may write began (aware UTC), if any.
+
+    `information_schema.innodb_trx` lists open InnoDB transactions; it needs the PROCESS
+    privilege, and without it this answers None (the guard is off, `check` says so).
+    Read-only transactions (the connector's own sessions among them) write nothing, so
+    they never hold the read back. `trx_started` is the server process's local time (not the
+    session's zone: seen on MariaDB 10.11), so it is turned to UTC from 'SYSTEM'; it has
+    whole seconds, truncated, which only starts the read a little earlier.
+    """
+    query = sa.text(
+        "SELECT CONVERT_TZ(MIN(trx_started), 'SYSTEM', '+00:00') "
+        "FROM information_schema.innodb_trx "
+        "WHERE trx_mysql_thread_id <> CONNECTION_ID() AND trx_is_read_only = 0")
+    try:
+        value = conn.execute(query).scalar()
+    except sa.exc.DBAPIError as exc:
+        if error_code(exc) in ACCESS_DENIED:
+            return None
+        raise
+    return value.replace(tzinfo=UTC) if isinstance(value, datetime) else None
+
+
+def guard_visibility(conn: Connection) -> str:
+    """'all' when the user may read innodb_trx (PROCESS), else 'none'."""
+    try:
+        conn.execute(sa.text("SELECT COUNT(*) FROM information_schema.innodb_trx")).scalar()
+    except sa.exc.DBAPIError as exc:
+        if error_code(exc) in ACCESS_DENIED:
+            return "none"
+        raise
+    return "all"
+
+
+def now(conn: Connection) -> datetime:
+    """The server's clock, as an aware UTC time (microseconds kept)."""
+    value = conn.execute(sa.text("SELECT UTC_TIMESTAMP(6)")).scalar()
+    assert isinstance(value, datetime)
+    return value.replace(tzinfo=UTC)
+
+
+def version(conn: Connection) -> str:
+    """'MariaDB 10.11.19' or 'MySQL 8.0.36', for `ping` and `check`."""
+    text = str(conn.execute(sa.text("SELECT VERSION()")).scalar())
+    if is_mariadb(text):
+        return "MariaDB " + text.split("-", 1)[0]
+    return "MySQL " + text
+
+
+def error_code(exc: sa.exc.DBAPIError) -> int | None:
+    args = getattr(exc.orig, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
