@@ -7,6 +7,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from connector import config
+from connector.dialects import mysql
 from connector.errors import ConnectorError, SourceError, StateError
 from connector.source import Source, default_lookback, lookback_fits
 from connector.state import State
@@ -142,6 +143,8 @@ def _check_streams(settings: config.Settings, source: Source) -> list[tuple[str,
 
 
 def _check_guard(source: Source) -> list[tuple[str, str]]:
+    if source.dialect == "mysql":
+        return [mysql.guard_finding(source.guard_visibility())]
     if source.dialect != "postgresql":
         return []
     visibility = source.guard_visibility()

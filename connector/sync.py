@@ -178,7 +178,7 @@ class _Pass:
                    else "a duration (lookback: 10m)"))
         # On PostgreSQL a contact stream lets the server digest each row: pages are then
         # read narrow (cursor, id, digest), and only the changed rows in full.
-        self.thin = ctx.source.dialect == "postgresql" and isinstance(stream,
+        self.thin = ctx.source.dialect in {"postgresql", "mysql"} and isinstance(stream,
                                                                       config.ContactStream)
         self.contacts = ContactMapper(stream, self.bound.names, zone, self.thin) \
             if isinstance(stream, config.ContactStream) else None

@@ -54,11 +54,13 @@ def driver_url(text: str) -> DriverUrl:
     scheme = SCHEMES.get(written)
     if scheme is None:
         base = written.split("+", 1)[0]
-        if base in {"postgres", "postgresql", "mysql", "mariadb", "sqlite"}:
-            raise UnknownScheme(
-                f"the driver in {_safe(written)}:// is not one the connector ships with; "
-                f"write the scheme without a driver: {WORKING_FORMS}")
-        raise UnknownScheme(f"the {_safe(written)}:// database is not supported; "
+        if base in {"postgres", "postgresql"}:
+            raise UnknownScheme("use the psycopg 3 driver, which ships with the connector: "
+                                "write postgres:// or postgresql+psycopg://")
+        if base in {"mysql", "mariadb"}:
+            raise UnknownScheme("use the PyMySQL driver, which ships with the connector: "
+                                "write mysql:// or mariadb://")
+        raise UnknownScheme(f"the {_safe(base)!r} database is not supported; "
                             f"URLs that work: {WORKING_FORMS}")
     return DriverUrl(url=f"{scheme}://{rest}", written=written, scheme=scheme)
 
@@ -67,4 +69,4 @@ def _safe(scheme: str) -> str:
     """The scheme if it looks like one (a pasted password must never be echoed)."""
     if len(scheme) <= 30 and all(ch.isalnum() or ch in "+-." for ch in scheme):
         return scheme
-    return "this"
+    return "given"

@@ -160,3 +160,14 @@ def version(conn: Connection) -> str:
 def error_code(exc: sa.exc.DBAPIError) -> int | None:
     args = getattr(exc.orig, "args", ())
     return args[0] if args and isinstance(args[0], int) else None
+
+
+def guard_finding(visibility: str) -> tuple[str, str]:
+    """What `connector check` says about the open-transaction guard."""
+    if visibility == "all":
+        return ("ok", "open-transaction guard: active (the user may read "
+                      "information_schema.innodb_trx)")
+    return ("warn", "open-transaction guard: off, the user may not read "
+                    "information_schema.innodb_trx; a row committed later than the lookback "
+                    f"could be missed. {GRANT_HINT} (it shows other sessions' transactions, "
+                    "no data) to turn it on")
