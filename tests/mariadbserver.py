@@ -54,7 +54,10 @@ def _free_port() -> int:
 
 
 class MariaDbServer:
-    def __init__(self) -> None:
+    def __init__(self, zone: str | None = None) -> None:
+        # `zone`: the server process's own time zone (TZ), which `information_schema`
+        # reports some times in; None keeps this machine's.
+        self.zone = zone
         self.server = find_binary("mariadbd", "mysqld")
         self.install_db = find_binary("mariadb-install-db", "mysql_install_db")
         self.root = Path(tempfile.mkdtemp(prefix="connector-maria-"))
@@ -119,9 +122,10 @@ class MariaDbServer:
 
     def _launch(self) -> None:
         user = [f"--user={self.user}"] if self.user else []
+        env = {**os.environ, **({"TZ": self.zone} if self.zone else {})}
         self.process = subprocess.Popen([str(self.server), *self._options(), *user],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                        cwd=self.root)
+                                        cwd=self.root, env=env)
         deadline = time.monotonic() + 60
         while True:
             if self.process.poll() is not None:
@@ -155,9 +159,11 @@ class MariaDbServer:
 
     def connect(self, database: str | None = None, user: str = SUPERUSER,
                 password: str | None = None, autocommit: bool = True) -> pymysql.Connection:
+        """A connection as an application's: its session writes and reads times in UTC."""
         return pymysql.connect(host="127.0.0.1", port=self.port, user=user,
                                password=SUPERUSER_PASSWORD if password is None else password,
-                               database=database, autocommit=autocommit, charset="utf8mb4")
+                               database=database, autocommit=autocommit, charset="utf8mb4",
+                               init_command="SET time_zone = '+00:00'")
 
     def url(self, database: str, user: str = SUPERUSER, password: str | None = None,
             scheme: str = "mysql") -> str:
