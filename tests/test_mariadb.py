@@ -15,6 +15,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from connector import config
 from connector.errors import ConfigError
 from connector.sandbox import Sandbox
 from connector.source import Source
-from tests.conftest import DB_PASSWORD, cli, run_passes
+from tests.conftest import DB_PASSWORD, DB_USER, cli, run_passes
 from tests.mariadb_fixtures import (  # noqa: F401 - fixtures
     CUSTOMERS,
     ORDERS,
@@ -193,6 +194,46 @@ def test_ten_thousand_rows_then_only_what_changed(mdb: MariaDatabase, api: Sandb
     assert third.counts["sent"] == 100
     assert set(api.contact_writes) == {str(i) for i in range(100, 10_001, 100)}
     assert api.contacts["500"]["general"]["city"] == "City0-moved"
+
+
+def connector_reads(mdb: MariaDatabase, run: Callable[[], object]) -> list[str]:
+    """The statements the connector's user ran on `customers` while `run` ran."""
+    with contextlib.closing(mdb.server.connect()) as conn, conn.cursor() as cur:
+        cur.execute("SET GLOBAL log_output = 'TABLE'")
+        cur.execute("TRUNCATE TABLE mysql.general_log")
+        cur.execute("SET GLOBAL general_log = 1")
+        try:
+            run()
+        finally:
+            cur.execute("SET GLOBAL general_log = 0")
+        cur.execute("SELECT CONVERT(argument USING utf8mb4) FROM mysql.general_log "
+                    "WHERE user_host LIKE %s AND command_type = 'Query'",
+                    (f"{DB_USER}[{DB_USER}]%",))
+        statements = [row[0] for row in cur.fetchall()]
+        cur.execute("TRUNCATE TABLE mysql.general_log")
+    return [text for text in statements if "FROM customers" in text]
+
+
+def test_unchanged_pages_are_read_narrow_with_the_servers_digest(
+        mdb: MariaDatabase, api: Sandbox, maria_config) -> None:
+    mdb.execute(CUSTOMERS)
+    add_customers(mdb, 1, 300)
+    path = maria_config(contacts={"customers": customers_stream(page_size=100)})
+    run_passes(path)
+
+    # A narrow page selects the cursor, the id and the server's digest of the row, nothing else.
+    narrow = ("SELECT customers.updated_at, customers.customer_id, "
+              "CAST(customers.customer_id AS CHAR) AS customer_id__1, CAST(conv(left(md5(")
+    reads = connector_reads(mdb, lambda: run_passes(path))
+    assert len(reads) >= 3  # three pages of 100
+    assert all(text.startswith(narrow) for text in reads), reads
+
+    mdb.execute("UPDATE customers SET city = 'Elsewhere' WHERE customer_id = 150")
+    api.reset()
+    reads = connector_reads(mdb, lambda: run_passes(path))
+    wide = [text for text in reads if not text.startswith(narrow)]
+    assert len(wide) == 1 and "IN (150)" in wide[0]  # only the changed row, by id
+    assert set(api.contact_writes) == {"150"}
 
 
 def test_a_change_the_digest_must_see_is_sent(mdb: MariaDatabase, api: Sandbox,
