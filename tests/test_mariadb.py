@@ -142,6 +142,27 @@ def test_the_connectors_session_cannot_write(mdb: MariaDatabase) -> None:
     assert mdb.rows("SELECT customer_id, city FROM customers") == [(1, "City1")]
 
 
+def test_a_statement_past_the_time_limit_is_stopped_by_the_server(mdb: MariaDatabase) -> None:
+    source = Source(config.Source(url=mdb.url, statement_timeout="1s"))
+    try:
+        with source.engine.connect() as conn, pytest.raises(sa.exc.DBAPIError) as caught:
+            conn.execute(sa.text("SELECT SLEEP(30)")).all()
+        assert caught.value.orig.args[0] == 1969  # max_statement_time exceeded
+    finally:
+        source.close()
+
+
+def test_a_wrong_password_is_a_clear_line_without_it(mdb: MariaDatabase, api: Sandbox,
+                                                      maria_config) -> None:
+    mdb.execute(CUSTOMERS)
+    wrong = mdb.server.url(mdb.name, DB_USER, "Wrong-Pass-991")
+    path = maria_config(contacts={"customers": customers_stream()}, source={"url": wrong})
+    result = cli("--config", str(path), "check")
+    assert result.returncode != 0
+    assert f"Access denied for user '{DB_USER}'" in result.stdout
+    assert "Wrong-Pass-991" not in result.stdout + result.stderr
+
+
 def test_ping_now_and_the_guard_ask_the_server(mdb: MariaDatabase) -> None:
     source = Source(config.Source(url=mdb.url))
     try:
