@@ -436,6 +436,81 @@ def test_names_with_spaces_quotes_and_backticks_are_only_names(
     assert mdb.rows("SELECT count(*) FROM victim") == [(0,)]  # still there
 
 
+def test_every_hostile_row_is_delivered_or_held_with_a_reason(mdb: MariaDatabase, api: Sandbox,
+                                                             maria_config) -> None:
+    mdb.execute("CREATE TABLE people (id VARCHAR(200), mobile VARCHAR(100), name LONGTEXT, "
+                "score DOUBLE, born DATE, seen TIMESTAMP(6) NULL, changed DATETIME(6) NULL, "
+                "KEY (changed))")
+    now, minute_ago = "NOW(6)", "NOW(6) - INTERVAL 1 MINUTE"
+    rows = [
+        ("plain", "+46701234501", "Anna", 1.5, "1980-01-01", now, now),
+        ("a/b?c#d%e f", "070-123 45 02", "Slash", 2, "1980-01-01", now, now),
+        ("ünï-çødé", "0046 70 123 45 03", "Unicode 🎉", 3, None, None, now),
+        ("big", "+46701234504", "x" * 100_000, 4, None, None, now),
+        ("empty-name", "+46701234505", "", 5, None, None, now),
+        ("ctl", "+46701234506", "bell\x07tab\tnl\n", 6, None, None, now),
+        ("future", "+46701234509", "Future", 9, "2999-01-01", None, now),
+        ("ancient", "+46701234510", "Old", 10, "1850-01-01", None, now),
+        ("garbage-phone", "call me maybe", "G", 11, None, None, now),
+        ("us-phone", "+1 (650) 253-0000", "US", 12, None, None, now),
+        ("dup", "+46701234513", "First", 13, None, None, minute_ago),
+        ("dup", "+46701234514", "Second", 14, None, None, now),
+        (None, "+46701234515", "No id", 15, None, None, now),
+        ("no-cursor", "+46701234516", "No cursor", 16, None, None, None),
+        ("   ", "+46701234517", "Blank id", 17, None, None, now),
+        # MySQL's zero dates (allowed by MariaDB's default sql_mode): no date at all.
+        ("zero-born", "+46701234518", "Zero", 18, "0000-00-00", "'0000-00-00'", now),
+        ("zero-cursor", "+46701234519", "Zero cursor", 19, None, None, "'0000-00-00'"),
+        ("zero-day", "+46701234520", "Zero day", 20, None, None, "'2026-05-00'"),
+    ]
+    with contextlib.closing(mdb.connect()) as conn, conn.cursor() as cur:
+        cur.execute("SET SESSION sql_mode = ''")  # as a legacy application runs
+        for row in rows:
+            cur.execute("INSERT INTO people VALUES (%s, %s, %s, %s, %s, "
+                        f"{row[5] or 'NULL'}, {row[6] or 'NULL'})", row[:5])
+    stream = {"table": "people", "id": "id", "cursor": "changed",
+              "personal": {"phoneNumber": {"column": "mobile", "region": "SE"},
+                           "givenName": "name", "birthDate": "born"},
+              "general": {"score": "score", "lastSeen": "seen"}}
+    path = maria_config(contacts={"people": stream})
+    report = run_passes(path)["people"]
+    assert report.outcome == "ok", report.error
+
+    delivered = set(api.contacts)
+    with contextlib.closing(sqlite3.connect(path.parent / "state" / "connector.db")) as state:
+        reasons = dict(state.execute("SELECT row_key, reason FROM held"))
+    assert delivered == {"plain", "a/b?c#d%e f", "ünï-çødé", "empty-name", "ctl", "us-phone",
+                         "dup", "zero-born"}
+    assert api.contacts["dup"]["personal"]["givenName"] == "Second"  # the latest row wins
+    assert api.contacts["ctl"]["personal"]["givenName"] == "bell\x07tab\tnl\n"
+    assert api.contacts["ünï-çødé"]["personal"]["givenName"] == "Unicode 🎉"
+    assert api.contacts["zero-born"]["personal"] == {"phoneNumber": "46701234518",
+                                                     "givenName": "Zero"}
+    assert "lastSeen" not in api.contacts["zero-born"]["general"]
+    expected_reasons = {
+        "big": "personal.givenName (column name) is 100000 characters long",
+        "future": "personal.birthDate (column born) is a birth date in the future",
+        "ancient": "personal.birthDate (column born) is a birth date before 1900-01-01",
+        "garbage-phone": "personal.phoneNumber (column mobile) is not a phone number",
+        "no-cursor": "cursor column changed is NULL",
+        "zero-cursor": "cursor column changed is NULL",
+        "zero-day": "cursor column changed is NULL",
+    }
+    for key, start in expected_reasons.items():
+        assert reasons[key].startswith(start), (key, reasons[key])
+    no_id = [key for key in reasons if key.startswith("(no id)")]
+    assert len(no_id) == 1 and "id column id is NULL" in reasons[no_id[0]]
+    blank = [key for key in reasons if key.startswith("(bad id)")]
+    assert len(blank) == 1 and reasons[blank[0]] == "id: id is empty"
+    # Every row is accounted for: delivered, or held with its reason (two rows share "dup").
+    assert len(delivered) + len(reasons) == len(rows) - 1
+    # And the stream is not stuck: a new row flows on the next pass.
+    mdb.execute("INSERT INTO people VALUES ('new', '+46701234599', 'New', 1, NULL, NULL, "
+                "NOW(6))")
+    assert run_passes(path)["people"].outcome == "ok"
+    assert "new" in api.contacts
+
+
 # -- events ---------------------------------------------------------------------------------
 
 
