@@ -32,6 +32,7 @@ log = logging.getLogger("connector.source")
 T = TypeVar("T")
 
 CURSOR_KINDS = ("timestamp", "timestamptz", "date", "integer", "number")
+TIME_KINDS = ("timestamp", "timestamptz", "date")
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,8 @@ class Source:
                 floor: Any, until: Any) -> sa.Select[Any]:
         cursor, id_ = bound.cursor, bound.id
         query = query.where(cursor.is_not(None), id_.is_not(None))
+        if self.dialect == "mysql" and bound.cursor_kind in TIME_KINDS:
+            query = query.where(mysql.real_time(cursor))
         if floor is not None:
             query = query.where(cursor >= self.coerce(bound, floor))
         if after is not None:
@@ -211,6 +214,8 @@ class Source:
             conditions.append(null_id)
         if bound.cursor_nullable:
             conditions.append(bound.cursor.is_(None))
+        if self.dialect == "mysql" and bound.cursor_kind in TIME_KINDS:
+            conditions.append(sa.not_(mysql.real_time(bound.cursor)))
         if not conditions:
             return []
         query = self._select(bound).where(sa.or_(*conditions)).limit(limit)

@@ -7,13 +7,14 @@ column reads the same whatever the server's zone) and has a statement time limit
 
 A TIMESTAMP column holds an instant: it is read as an aware UTC time. A DATETIME column
 holds a wall-clock time: it stays naive and is read in `source.timezone`, like PostgreSQL's
-`timestamp`.
+`timestamp`. A zero date ('0000-00-00', or a zero month or day), which MariaDB's default
+sql_mode accepts, is no date: None in a field, and a cursor holding one is held like NULL.
 """
 
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -78,20 +79,55 @@ class UtcTimestamp(mysql_types.TIMESTAMP):
         def process(value: Any) -> Any:
             if isinstance(value, datetime):
                 return value.replace(tzinfo=UTC)
-            return value
+            return None if isinstance(value, str) else value  # a zero date: no time
         return process
 
 
+def _no_zero_dates(value: Any) -> Any:
+    # PyMySQL hands over '0000-00-00' (and '2026-00-00') as text: MySQL's "no date".
+    return None if isinstance(value, str) else value
+
+
+class DateTime(mysql_types.DATETIME):
+    """DATETIME, with zero dates read as no value (None)."""
+
+    def result_processor(self, dialect: Any, coltype: Any) -> Any:
+        return _no_zero_dates
+
+
+class Date(mysql_types.DATE):
+    """DATE, with zero dates read as no value (None)."""
+
+    def result_processor(self, dialect: Any, coltype: Any) -> Any:
+        return _no_zero_dates
+
+
 def metadata() -> sa.MetaData:
-    """A MetaData whose reflected TIMESTAMP columns read as aware UTC times."""
+    """A MetaData whose reflected TIMESTAMP columns read as aware UTC times, and whose
+    zero dates ('0000-00-00', allowed unless the sql_mode forbids them) read as None."""
     meta = sa.MetaData()
 
     def reflected(_inspector: Any, _table: sa.Table, column: dict[str, Any]) -> None:
-        if isinstance(column["type"], mysql_types.TIMESTAMP):
-            column["type"] = UtcTimestamp(getattr(column["type"], "fsp", None))
+        kind = column["type"]
+        if isinstance(kind, mysql_types.TIMESTAMP):
+            column["type"] = UtcTimestamp(getattr(kind, "fsp", None))
+        elif isinstance(kind, mysql_types.DATETIME):
+            column["type"] = DateTime(fsp=getattr(kind, "fsp", None))
+        elif isinstance(kind, sa.Date):
+            column["type"] = Date()
 
     event.listen(meta, "column_reflect", reflected)
     return meta
+
+
+def real_time(cursor: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:
+    """A time cursor holding a real date: no zero date, no zero month or day.
+
+    A zero date is NOT NULL to the server yet no time at all: such rows are kept out of
+    keyset pages and held like rows with a NULL cursor.
+    """
+    return sa.and_(cursor >= sa.literal(date(1000, 1, 1)), sa.func.month(cursor) > 0,
+                   sa.func.dayofmonth(cursor) > 0)
 
 
 def digest(columns: tuple[sa.ColumnElement[Any], ...], salt: str) -> sa.ColumnElement[Any]:
