@@ -14,6 +14,7 @@ sql_mode accepts, is no date: None in a field, and a cursor holding one is held 
 from __future__ import annotations
 
 import hashlib
+import logging
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -24,6 +25,10 @@ from sqlalchemy.engine import Connection, Engine
 
 # Errors that mean "this user may not read that": no PROCESS privilege for innodb_trx.
 ACCESS_DENIED = {1044, 1142, 1227}
+
+UNKNOWN_VARIABLE = 1193
+
+log = logging.getLogger("connector.source")
 
 GRANT_HINT = "GRANT PROCESS ON *.* TO the connector's user"
 
@@ -41,17 +46,26 @@ def prepare(engine: Engine, statement_timeout: float) -> None:
         try:
             cursor.execute("SET SESSION TRANSACTION READ ONLY")
             cursor.execute("SET SESSION time_zone = '+00:00'")
-            if mariadb:
-                cursor.execute("SET SESSION max_statement_time = %s",
-                               (round(statement_timeout, 3),))
-            else:
-                cursor.execute("SET SESSION max_execution_time = %s",
-                               (int(statement_timeout * 1000),))
+            _set_time_limit(cursor, mariadb, statement_timeout)
         finally:
             cursor.close()
         dbapi_connection.commit()
 
     event.listen(engine, "connect", on_connect)
+
+
+def _set_time_limit(cursor: Any, mariadb: bool, seconds: float) -> None:
+    try:
+        if mariadb:
+            cursor.execute("SET SESSION max_statement_time = %s", (round(seconds, 3),))
+        else:
+            cursor.execute("SET SESSION max_execution_time = %s", (int(seconds * 1000),))
+    except Exception as exc:
+        # Servers older than MariaDB 10.1 / MySQL 5.7.8 have no such limit: read without it.
+        if not (exc.args and exc.args[0] == UNKNOWN_VARIABLE):
+            raise
+        log.debug("this server has no statement time limit; source.statement_timeout "
+                  "is not applied")
 
 
 def is_mariadb(server_version: str) -> bool:
