@@ -215,7 +215,7 @@ class Source:
         if bound.cursor_nullable:
             conditions.append(bound.cursor.is_(None))
         if self.dialect == "mysql" and bound.cursor_kind in TIME_KINDS:
-            conditions.append(sa.not_(mysql.real_time(bound.cursor)))
+            conditions.append(mysql.zero_time(bound.cursor))
         if not conditions:
             return []
         query = self._select(bound).where(sa.or_(*conditions)).limit(limit)

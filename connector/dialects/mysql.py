@@ -8,7 +8,8 @@ column reads the same whatever the server's zone) and has a statement time limit
 A TIMESTAMP column holds an instant: it is read as an aware UTC time. A DATETIME column
 holds a wall-clock time: it stays naive and is read in `source.timezone`, like PostgreSQL's
 `timestamp`. A zero date ('0000-00-00', or a zero month or day), which MariaDB's default
-sql_mode accepts, is no date: None in a field, and a cursor holding one is held like NULL.
+sql_mode accepts, is no date: None in a field; a cursor holding '0000-00-00' is held like a
+NULL one, a cursor with only a zero month or day is skipped (see `zero_time`).
 """
 
 from __future__ import annotations
@@ -138,10 +139,17 @@ def real_time(cursor: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:
     """A time cursor holding a real date: no zero date, no zero month or day.
 
     A zero date is NOT NULL to the server yet no time at all: such rows are kept out of
-    keyset pages and held like rows with a NULL cursor.
+    keyset pages (the month and day tests only filter the rows of the index range).
     """
     return sa.and_(cursor >= sa.literal(date(1000, 1, 1)), sa.func.month(cursor) > 0,
                    sa.func.dayofmonth(cursor) > 0)
+
+
+def zero_time(cursor: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:
+    """A time cursor holding a zero date, found through the cursor's index: such rows are
+    held like rows with a NULL cursor. A date with only a zero month or day ('2026-05-00')
+    cannot be found without reading the whole table, so it is left out, unread."""
+    return cursor < sa.literal(date(1000, 1, 1))
 
 
 def digest(columns: tuple[sa.ColumnElement[Any], ...], salt: str) -> sa.ColumnElement[Any]:
