@@ -233,13 +233,14 @@ def _dead_list(args: argparse.Namespace) -> int:
 
 def _dead_retry(args: argparse.Namespace) -> int:
     from connector import session
+    from connector.sync import Retry
 
     settings = _settings(args, quiet=True)
     names = session.pick_streams(settings, [args.stream] if args.stream else [])
 
     async def go() -> list[Any]:
         async with session.opened(settings, stop=session.stop_on_signals()) as ctx:
-            return await session.run_streams(ctx, names, "retry")
+            return await session.run_streams(ctx, names, Retry())
 
     reports = asyncio.run(go())
     for item in reports:

@@ -389,6 +389,25 @@ class Wiraya(_Model):
     backoff: Duration = timedelta(seconds=0.5)
     backoff_max: Duration = timedelta(seconds=30)
     token_refresh_margin: Duration = timedelta(seconds=30)
+    # The longest Retry-After hold obeyed by waiting. Longer: the pass fails at once and says
+    # so (`connector sync` exits 1). 5 minutes: longer than any rate-limit window a client can
+    # sit out usefully inside one pass, short enough that a pass never blocks unseen for long.
+    max_hold: Duration = timedelta(minutes=5)
+    # A header name (e.g. Idempotency-Key) under which each event carries a stable key; none
+    # by default: Wiraya is not known to honour one, and nothing relies on it.
+    idempotency_header: str | None = None
+
+    @field_validator("idempotency_header")
+    @classmethod
+    def _header_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", value):
+            raise ValueError(f"{value!r} is not an HTTP header name; write it as "
+                             "Idempotency-Key")
+        if value is not None and value.lower() in {"authorization", "content-type", "accept",
+                                                   "user-agent", "host", "content-length"}:
+            raise ValueError(f"{value} is a header the client sets itself; pick another "
+                             "name, e.g. Idempotency-Key")
+        return value
 
     @field_validator("api_key")
     @classmethod

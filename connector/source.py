@@ -11,28 +11,28 @@ import difflib
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import date, datetime, timedelta
-from decimal import Decimal
-from typing import Any, TypeVar
+from dataclasses import dataclass, replace
+from datetime import date, datetime
+from typing import Any, NamedTuple, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, Row
 
 from connector import config
+from connector.cursor import CursorKind, comparable
 from connector.dialects import mysql
 from connector.errors import SourceError
 from connector.values import Position
 
 APPLICATION_NAME = "wiraya-connector"
 
+CURSOR_KINDS = ("timestamp", "timestamptz", "date", "integer", "number")
+TIME_KINDS = ("timestamp", "timestamptz", "date")
+
 log = logging.getLogger("connector.source")
 
 T = TypeVar("T")
-
-CURSOR_KINDS = ("timestamp", "timestamptz", "date", "integer", "number")
-TIME_KINDS = ("timestamp", "timestamptz", "date")
 
 
 @dataclass(frozen=True)
@@ -45,18 +45,67 @@ class BoundStream:
     names: tuple[str, ...]
     cursor: sa.ColumnElement[Any]
     id: sa.ColumnElement[Any]
-    cursor_kind: str
+    cursor_kind: CursorKind
     cursor_nullable: bool
     id_nullable: bool
     id_is_integer: bool
     is_view: bool
-    # When set (PostgreSQL), each row read carries one more column: the md5 of this salt and
-    # the row's values, computed by the server, on its own core.
+    # When set (PostgreSQL), the server digests each row read, seeded with this salt: pages
+    # are then read narrow, and full rows come with their digests (`Rows.digests`).
     digest_salt: str | None = None
 
+    @property
+    def cursor_index(self) -> int:
+        return self.names.index(self.cursor.name)
 
-class Source:
-    """The customer database."""
+    @property
+    def id_index(self) -> int:
+        return self.names.index(self.id.name)
+
+    def cursor_of(self, row: Sequence[Any]) -> Any:
+        return row[self.cursor_index]
+
+    def id_of(self, row: Sequence[Any]) -> Any:
+        return row[self.id_index]
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Full rows in the stream's column order; with the server's digest of each row when
+    the stream is read narrow (`BoundStream.digest_salt`)."""
+
+    rows: Sequence[Sequence[Any]]
+    digests: Sequence[int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def part(self, start: int, stop: int) -> Rows:
+        return Rows(self.rows[start:stop],
+                    None if self.digests is None else self.digests[start:stop])
+
+
+class Narrow(NamedTuple):
+    """One row of a narrow page: its id, the id as text when the server made it (integer
+    ids), and the server's digest of the row."""
+
+    id: Any
+    text: str | None
+    digest: int
+
+
+@dataclass(frozen=True)
+class Page:
+    """One keyset page: full rows, or (narrow) ids and digests only; `last` is where it ends."""
+
+    last: Position
+    size: int
+    full: Rows | None = None
+    narrow: Sequence[Narrow] | None = None
+
+
+class _Server:
+    """The customer database's server: connections, its clock, its open transactions."""
 
     def __init__(self, settings: config.Source) -> None:
         self.settings = settings
@@ -82,212 +131,14 @@ class Source:
                                                pool_pre_ping=True, pool_size=4, max_overflow=4)
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _sqlite_read_only)
+        if self.dialect == "postgresql":
+            event.listen(self.engine, "connect", _utc_session)
         if self.dialect == "mysql":
             mysql.prepare(self.engine, settings.statement_timeout.total_seconds())
         self._bound: dict[str, BoundStream] = {}
 
     def close(self) -> None:
         self.engine.dispose()
-
-    # -- describing a stream's table ------------------------------------------------------
-
-    def bind(self, name: str, stream: config.ContactStream | config.EventStream,
-             section: str) -> BoundStream:
-        """Reflect the stream's table once; every missing column is named with its place."""
-        if name in self._bound:
-            return self._bound[name]
-        place = f"{section}.{name}"
-        try:
-            with self.engine.connect() as conn:
-                meta = mysql.metadata() if self.dialect == "mysql" else sa.MetaData()
-                table = sa.Table(stream.table.name, meta, schema=stream.table.schema_,
-                                 autoload_with=conn)
-                is_view = stream.table.name in sa.inspect(conn).get_view_names(
-                    schema=stream.table.schema_)
-        except sa.exc.NoSuchTableError:
-            raise SourceError(f"{place}.table: no table or view named {stream.table} in "
-                              f"{self.settings.display_url}; check the name and the schema "
-                              "(write schema.table), and that the role may read it") from None
-        except sa.exc.SQLAlchemyError as exc:
-            raise SourceError(f"{place}: cannot read the definition of {stream.table}: "
-                              f"{describe(exc)}") from None
-        missing = [column for column in stream.columns() if column not in table.c]
-        if missing:
-            known = list(table.c.keys())
-            hints = []
-            for column in missing:
-                close = difflib.get_close_matches(column, known, n=1, cutoff=0.6)
-                hints.append(f"{column!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            raise SourceError(f"{place}: {stream.table} has no column {', '.join(hints)}; "
-                              f"its columns are {', '.join(known)}")
-        cursor = table.c[stream.cursor]
-        kind = cursor_kind(cursor.type)
-        if kind is None:
-            raise SourceError(f"{place}.cursor: column {stream.cursor!r} is "
-                              f"{cursor.type}; a cursor must be a timestamp, a date or an "
-                              "integer that grows when a row is written")
-        id_column = table.c[stream.id]
-        bound = BoundStream(
-            name=name, table=table,
-            columns=tuple(table.c[column] for column in stream.columns()),
-            names=tuple(stream.columns()), cursor=cursor, id=id_column,
-            cursor_kind=kind, cursor_nullable=bool(cursor.nullable),
-            id_nullable=bool(id_column.nullable),
-            id_is_integer=isinstance(id_column.type, sa.Integer), is_view=is_view)
-        self._bound[name] = bound
-        return bound
-
-    def cursor_indexed(self, bound: BoundStream) -> bool:
-        """Whether an index starts with the cursor column (a view: never known)."""
-        try:
-            with self.engine.connect() as conn:
-                inspector = sa.inspect(conn)
-                indexes = inspector.get_indexes(bound.table.name, schema=bound.table.schema)
-                primary = inspector.get_pk_constraint(bound.table.name, schema=bound.table.schema)
-        except sa.exc.SQLAlchemyError as exc:
-            raise SourceError(f"{bound.name}: cannot list indexes: {describe(exc)}") from None
-        firsts = [index["column_names"][0] for index in indexes if index["column_names"]]
-        firsts += (primary.get("constrained_columns") or [])[:1]
-        return bound.cursor.name in firsts
-
-    # -- reading --------------------------------------------------------------------------
-
-    def page(self, bound: BoundStream, limit: int, after: Position | None = None,
-             floor: Any = None, until: Any = None) -> list[Row[Any]]:
-        """The next `limit` rows in `(cursor, id)` order.
-
-        `after` is exclusive (keyset); `floor` is an inclusive cursor bound (the lookback
-        start); `until` an exclusive upper cursor bound (backfill ranges).
-        """
-        query = self._keyset(self._select(bound), bound, after, floor, until)
-        return self._all(bound, query.limit(limit))
-
-    def digest_page(self, bound: BoundStream, limit: int, after: Position | None = None,
-                    floor: Any = None, until: Any = None) -> list[Row[Any]]:
-        """Like `page`, but only `(cursor, id, id as text or None, digest)` of each row.
-
-        Comparing these with the state file finds the rows that changed; only those are
-        then read in full (`rows_by_id`), so an unchanged page costs four narrow columns.
-        """
-        assert bound.digest_salt is not None
-        key = sa.cast(bound.id, sa.Text) if bound.id_is_integer else sa.null()
-        query = sa.select(bound.cursor, bound.id, key, self._digest(bound))
-        query = self._keyset(query, bound, after, floor, until)
-        return self._all(bound, query.limit(limit))
-
-    def _keyset(self, query: sa.Select[Any], bound: BoundStream, after: Position | None,
-                floor: Any, until: Any) -> sa.Select[Any]:
-        cursor, id_ = bound.cursor, bound.id
-        query = query.where(cursor.is_not(None), id_.is_not(None))
-        if self.dialect == "mysql" and bound.cursor_kind in TIME_KINDS:
-            query = query.where(mysql.real_time(cursor))
-        if floor is not None:
-            query = query.where(cursor >= self.coerce(bound, floor))
-        if after is not None:
-            at = self.coerce(bound, after.cursor)
-            query = query.where(cursor >= at, sa.or_(cursor > at, id_ > after.id))
-        if until is not None:
-            query = query.where(cursor < self.coerce(bound, until))
-        return query.order_by(cursor, id_)
-
-    def rows_by_id(self, bound: BoundStream, keys: Sequence[str]) -> list[Row[Any]]:
-        """Rows whose id is one of `keys` (ids as text), in `(cursor, id)` order."""
-        values = [self._id_value(bound, key) for key in keys]
-        values = [value for value in values if value is not None]
-        if not values:
-            return []
-        rows: list[Row[Any]] = []
-        for start in range(0, len(values), 1000):
-            query = (self._select(bound)
-                     .where(bound.id.in_(values[start:start + 1000]))
-                     .order_by(bound.cursor, bound.id))
-            rows.extend(self._all(bound, query))
-        return rows
-
-    def rows_without_key(self, bound: BoundStream, floor: Any, limit: int) -> list[Row[Any]]:
-        """Rows that a keyset walk cannot reach: a NULL id (from `floor` on) or a NULL cursor."""
-        conditions: list[sa.ColumnElement[bool]] = []
-        if bound.id_nullable:
-            null_id: sa.ColumnElement[bool] = bound.id.is_(None)
-            if floor is not None:
-                null_id = sa.and_(null_id, bound.cursor >= self.coerce(bound, floor))
-            conditions.append(null_id)
-        if bound.cursor_nullable:
-            conditions.append(bound.cursor.is_(None))
-        if self.dialect == "mysql" and bound.cursor_kind in TIME_KINDS:
-            conditions.append(mysql.zero_time(bound.cursor))
-        if not conditions:
-            return []
-        query = self._select(bound).where(sa.or_(*conditions)).limit(limit)
-        return self._all(bound, query)
-
-    def rows_at_cursor(self, bound: BoundStream, cursor: Any) -> list[Row[Any]]:
-        """Rows at one cursor value (to find again a row that had no id)."""
-        query = self._select(bound).where(bound.cursor == self.coerce(bound, cursor))
-        return self._all(bound, query.limit(10_000))
-
-    def highest_cursor(self, bound: BoundStream) -> Any:
-        """The highest cursor value visible now (an index lookup with a cursor index)."""
-        query = sa.select(sa.func.max(bound.cursor))
-        return self._all(bound, query)[0][0]
-
-    def count(self, bound: BoundStream, floor: Any = None, until: Any = None) -> int:
-        query = sa.select(sa.func.count()).select_from(bound.table).where(
-            bound.cursor.is_not(None), bound.id.is_not(None))
-        if floor is not None:
-            query = query.where(bound.cursor >= self.coerce(bound, floor))
-        if until is not None:
-            query = query.where(bound.cursor < self.coerce(bound, until))
-        rows = self._all(bound, query)
-        return int(rows[0][0])
-
-    def _select(self, bound: BoundStream) -> sa.Select[Any]:
-        """The stream's columns, and the row's digest when the stream asks for it."""
-        if bound.digest_salt is None:
-            return sa.select(*bound.columns)
-        return sa.select(*bound.columns, self._digest(bound))
-
-    def _digest(self, bound: BoundStream) -> sa.ColumnElement[Any]:
-        """A 64-bit hash of the row's values as text, seeded with the mapping's salt.
-
-        `hashtextextended` (PostgreSQL 11+) is the hash behind hash partitioning: stable,
-        and cheaper than md5 (bench/read_diff.py). Should it ever change, rows are mapped
-        once more and compared by payload: nothing is resent.
-        """
-        assert bound.digest_salt is not None
-        if self.dialect == "mysql":
-            return mysql.digest(bound.columns, bound.digest_salt)
-        seed = int.from_bytes(hashlib.blake2b(bound.digest_salt.encode(), digest_size=8)
-                              .digest(), "big", signed=True)
-        values = sa.cast(sa.func.row(*bound.columns), sa.Text)
-        return sa.func.hashtextextended(values, sa.literal(seed, sa.BigInteger)).label("_digest")
-
-    def _all(self, bound: BoundStream, query: sa.Select[Any]) -> list[Row[Any]]:
-        try:
-            with self.engine.connect() as conn:
-                return list(conn.execute(query).all())
-        except sa.exc.SQLAlchemyError as exc:
-            raise SourceError(f"{bound.name}: reading {bound.table.fullname} failed: "
-                              f"{describe(exc)}") from None
-
-    def _id_value(self, bound: BoundStream, key: str) -> Any:
-        if bound.id_is_integer:
-            try:
-                return int(key)
-            except ValueError:
-                return None
-        return key
-
-    def coerce(self, bound: BoundStream, value: Any) -> Any:
-        """A cursor value in the form the column compares with."""
-        if bound.cursor_kind == "timestamp" and isinstance(value, datetime) and value.tzinfo:
-            return value.astimezone(self.settings.zone).replace(tzinfo=None)
-        if bound.cursor_kind == "timestamptz" and isinstance(value, datetime) \
-                and value.tzinfo is None:
-            return value.replace(tzinfo=self.settings.zone)
-        if bound.cursor_kind == "date" and isinstance(value, datetime):
-            return value.date()
-        return value
 
     # -- the open-transaction guard (PostgreSQL) ------------------------------------------
 
@@ -364,6 +215,268 @@ class Source:
                               f"{describe(exc)}") from None
 
 
+class Source(_Server):
+    """The customer database: a stream's table described and read."""
+
+    # -- describing a stream's table ------------------------------------------------------
+
+    def bind(self, name: str, stream: config.ContactStream | config.EventStream,
+             section: str) -> BoundStream:
+        """Reflect the stream's table once; every missing column is named with its place."""
+        if name in self._bound:
+            return self._bound[name]
+        place = f"{section}.{name}"
+        try:
+            with self.engine.connect() as conn:
+                meta = mysql.metadata() if self.dialect == "mysql" else sa.MetaData()
+                table = sa.Table(stream.table.name, meta, schema=stream.table.schema_,
+                                 autoload_with=conn)
+                is_view = stream.table.name in sa.inspect(conn).get_view_names(
+                    schema=stream.table.schema_)
+        except sa.exc.NoSuchTableError:
+            raise SourceError(f"{place}.table: no table or view named {stream.table} in "
+                              f"{self.settings.display_url}; check the name and the schema "
+                              "(write schema.table), and that the role may read it") from None
+        except sa.exc.SQLAlchemyError as exc:
+            raise SourceError(f"{place}: cannot read the definition of {stream.table}: "
+                              f"{describe(exc)}") from None
+        missing = [column for column in stream.columns() if column not in table.c]
+        if missing:
+            known = list(table.c.keys())
+            hints = []
+            for column in missing:
+                close = difflib.get_close_matches(column, known, n=1, cutoff=0.6)
+                hints.append(f"{column!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise SourceError(f"{place}: {stream.table} has no column {', '.join(hints)}; "
+                              f"its columns are {', '.join(known)}")
+        cursor = table.c[stream.cursor]
+        kind = cursor_kind(cursor.type)
+        if kind is None:
+            raise SourceError(f"{place}.cursor: column {stream.cursor!r} is "
+                              f"{cursor.type}; a cursor must be a timestamp, a date or an "
+                              "integer that grows when a row is written")
+        id_column = table.c[stream.id]
+        bound = BoundStream(
+            name=name, table=table,
+            columns=tuple(table.c[column] for column in stream.columns()),
+            names=tuple(stream.columns()), cursor=cursor, id=id_column,
+            cursor_kind=cast(CursorKind, kind), cursor_nullable=bool(cursor.nullable),
+            id_nullable=bool(id_column.nullable),
+            id_is_integer=isinstance(id_column.type, sa.Integer), is_view=is_view)
+        self._bound[name] = bound
+        return bound
+
+    def narrowed(self, bound: BoundStream, salt: str) -> BoundStream:
+        """The stream read narrow where the server can digest rows (PostgreSQL), else as is."""
+        return replace(bound, digest_salt=salt) if self.dialect in {"postgresql", "mysql"} \
+            else bound
+
+    def cursor_indexed(self, bound: BoundStream) -> bool:
+        """Whether an index starts with the cursor column (a view: never known)."""
+        try:
+            with self.engine.connect() as conn:
+                inspector = sa.inspect(conn)
+                indexes = inspector.get_indexes(bound.table.name, schema=bound.table.schema)
+                primary = inspector.get_pk_constraint(bound.table.name, schema=bound.table.schema)
+        except sa.exc.SQLAlchemyError as exc:
+            raise SourceError(f"{bound.name}: cannot list indexes: {describe(exc)}") from None
+        firsts = [index["column_names"][0] for index in indexes if index["column_names"]]
+        firsts += (primary.get("constrained_columns") or [])[:1]
+        return bound.cursor.name in firsts
+
+    # -- reading --------------------------------------------------------------------------
+
+    def read_page(self, bound: BoundStream, limit: int, after: Position | None = None,
+                  floor: Any = None, until: Any = None) -> Page | None:
+        """The next page in `(cursor, id)` order (None: no more rows); narrow when the
+        stream has a digest salt, full otherwise. Bounds as for `page`."""
+        if bound.digest_salt is not None:
+            rows: Sequence[Sequence[Any]] = self.digest_page(bound, limit, after, floor, until)
+            if not rows:
+                return None
+            cursor, id_ = rows[-1][0], rows[-1][1]
+            return Page(Position(comparable(bound.cursor_kind, cursor), id_), len(rows),
+                        narrow=[Narrow(row[1], row[2], row[3]) for row in rows])
+        full = self.page(bound, limit, after, floor, until)
+        if not full:
+            return None
+        last = full[-1]
+        return Page(Position(comparable(bound.cursor_kind, bound.cursor_of(last)),
+                             bound.id_of(last)), len(full), full=Rows(full))
+
+    def page(self, bound: BoundStream, limit: int, after: Position | None = None,
+             floor: Any = None, until: Any = None) -> list[Row[Any]]:
+        """The next `limit` full rows in `(cursor, id)` order (no digest column).
+
+        `after` is exclusive (keyset); `floor` is an inclusive cursor bound (the lookback
+        start); `until` an exclusive upper cursor bound (backfill ranges).
+        """
+        query = self._keyset(sa.select(*bound.columns), bound, after, floor, until)
+        return self._all(bound, query.limit(limit))
+
+    def digest_page(self, bound: BoundStream, limit: int, after: Position | None = None,
+                    floor: Any = None, until: Any = None) -> list[Row[Any]]:
+        """Like `page`, but only `(cursor, id, id as text or None, digest)` of each row.
+
+        Comparing these with the state file finds the rows that changed; only those are
+        then read in full (`rows_by_id`), so an unchanged page costs four narrow columns.
+        """
+        assert bound.digest_salt is not None
+        key = sa.cast(bound.id, sa.Text) if bound.id_is_integer else sa.null()
+        query = sa.select(bound.cursor, bound.id, key, self._digest(bound))
+        query = self._keyset(query, bound, after, floor, until)
+        return self._all(bound, query.limit(limit))
+
+    def _keyset(self, query: sa.Select[Any], bound: BoundStream, after: Position | None,
+                floor: Any, until: Any) -> sa.Select[Any]:
+        cursor, id_ = bound.cursor, bound.id
+        query = query.where(cursor.is_not(None), id_.is_not(None))
+        if self.dialect == "mysql" and bound.cursor_kind in TIME_KINDS:
+            query = query.where(mysql.real_time(cursor))
+        if floor is not None:
+            query = query.where(cursor >= self.coerce(bound, floor))
+        if after is not None:
+            at = self.coerce(bound, after.cursor)
+            query = query.where(cursor >= at, sa.or_(cursor > at, id_ > after.id))
+        if until is not None:
+            query = query.where(cursor < self.coerce(bound, until))
+        return query.order_by(cursor, id_)
+
+    def rows_by_id(self, bound: BoundStream, keys: Sequence[str]) -> Rows:
+        """Rows whose id is one of `keys` (ids as text), in `(cursor, id)` order."""
+        values = [self._id_value(bound, key) for key in keys]
+        values = [value for value in values if value is not None]
+        if not values:
+            return self._rows(bound, [])
+        rows: list[Row[Any]] = []
+        for start in range(0, len(values), 1000):
+            query = (self._select(bound)
+                     .where(bound.id.in_(values[start:start + 1000]))
+                     .order_by(bound.cursor, bound.id))
+            rows.extend(self._all(bound, query))
+        return self._rows(bound, rows)
+
+    def rows_without_key(self, bound: BoundStream, floor: Any, limit: int) -> Rows:
+        """Rows that a keyset walk cannot reach: a NULL id (from `floor` on) or a NULL cursor."""
+        conditions: list[sa.ColumnElement[bool]] = []
+        if bound.id_nullable:
+            null_id: sa.ColumnElement[bool] = bound.id.is_(None)
+            if floor is not None:
+                null_id = sa.and_(null_id, bound.cursor >= self.coerce(bound, floor))
+            conditions.append(null_id)
+        if bound.cursor_nullable:
+            conditions.append(bound.cursor.is_(None))
+        if self.dialect == "mysql" and bound.cursor_kind in TIME_KINDS:
+            conditions.append(mysql.zero_time(bound.cursor))
+        if not conditions:
+            return self._rows(bound, [])
+        query = self._select(bound).where(sa.or_(*conditions)).limit(limit)
+        return self._rows(bound, self._all(bound, query))
+
+    def rows_at_cursor(self, bound: BoundStream, cursor: Any) -> Rows:
+        """Rows at one cursor value (to find again a row that had no id)."""
+        query = self._select(bound).where(bound.cursor == self.coerce(bound, cursor))
+        return self._rows(bound, self._all(bound, query.limit(10_000)))
+
+    @staticmethod
+    def _rows(bound: BoundStream, rows: Sequence[Row[Any]]) -> Rows:
+        """Full rows, the server's digest (the last column, when asked for) set apart."""
+        if bound.digest_salt is None:
+            return Rows(rows)
+        return Rows([row[:-1] for row in rows], [row[-1] for row in rows])
+
+    def table_identity(self, bound: BoundStream) -> str | None:
+        """What changes when the table is truncated or recreated (PostgreSQL: its oid and
+        file node); None where the database cannot tell."""
+        if self.dialect != "postgresql" or bound.is_view:
+            return None
+        query = sa.text("SELECT oid::text || '/' || pg_relation_filenode(oid)::text "
+                        "FROM pg_class WHERE oid = to_regclass(:name)")
+        try:
+            with self.engine.connect() as conn:
+                value = conn.execute(query, {"name": _regclass(bound)}).scalar()
+        except sa.exc.SQLAlchemyError as exc:
+            raise SourceError(f"{bound.name}: reading pg_class failed: {describe(exc)}") from None
+        return str(value) if value is not None else None
+
+    def highest_cursor(self, bound: BoundStream) -> Any:
+        """The highest cursor value visible now (an index lookup with a cursor index)."""
+        query = sa.select(sa.func.max(bound.cursor))
+        return self._all(bound, query)[0][0]
+
+    def count(self, bound: BoundStream, floor: Any = None, until: Any = None) -> int:
+        query = sa.select(sa.func.count()).select_from(bound.table).where(
+            bound.cursor.is_not(None), bound.id.is_not(None))
+        if floor is not None:
+            query = query.where(bound.cursor >= self.coerce(bound, floor))
+        if until is not None:
+            query = query.where(bound.cursor < self.coerce(bound, until))
+        rows = self._all(bound, query)
+        return int(rows[0][0])
+
+    def _select(self, bound: BoundStream) -> sa.Select[Any]:
+        """The stream's columns, and the row's digest when the stream asks for it."""
+        if bound.digest_salt is None:
+            return sa.select(*bound.columns)
+        return sa.select(*bound.columns, self._digest(bound))
+
+    def _digest(self, bound: BoundStream) -> sa.ColumnElement[Any]:
+        """A 64-bit hash of the row's values as text, seeded with the mapping's salt.
+
+        `hashtextextended` (PostgreSQL 11+) is the hash behind hash partitioning: stable,
+        and cheaper than md5 (bench/read_diff.py). Should it ever change, rows are mapped
+        once more and compared by payload: nothing is resent.
+        """
+        assert bound.digest_salt is not None
+        if self.dialect == "mysql":
+            return mysql.digest(bound.columns, bound.digest_salt)
+        seed = int.from_bytes(hashlib.blake2b(bound.digest_salt.encode(), digest_size=8)
+                              .digest(), "big", signed=True)
+        values = sa.cast(sa.func.row(*bound.columns), sa.Text)
+        return sa.func.hashtextextended(values, sa.literal(seed, sa.BigInteger)).label("_digest")
+
+    def _all(self, bound: BoundStream, query: sa.Select[Any]) -> list[Row[Any]]:
+        try:
+            with self.engine.connect() as conn:
+                return list(conn.execute(query).all())
+        except sa.exc.SQLAlchemyError as exc:
+            raise SourceError(f"{bound.name}: reading {bound.table.fullname} failed: "
+                              f"{describe(exc)}") from None
+
+    def _id_value(self, bound: BoundStream, key: str) -> Any:
+        if bound.id_is_integer:
+            try:
+                return int(key)
+            except ValueError:
+                return None
+        return key
+
+    def coerce(self, bound: BoundStream, value: Any) -> Any:
+        """A cursor value in the form the column compares with."""
+        if bound.cursor_kind == "timestamp" and isinstance(value, datetime) and value.tzinfo:
+            return value.astimezone(self.settings.zone).replace(tzinfo=None)
+        if bound.cursor_kind == "timestamptz" and isinstance(value, datetime) \
+                and value.tzinfo is None:
+            return value.replace(tzinfo=self.settings.zone)
+        if bound.cursor_kind == "date" and isinstance(value, datetime):
+            return value.date()
+        return value
+
+
+def _regclass(bound: BoundStream) -> str:
+    """The table's name as `to_regclass` reads it: each part double-quoted."""
+    parts = [bound.table.schema, bound.table.name] if bound.table.schema else [bound.table.name]
+    return ".".join('"' + part.replace('"', '""') + '"' for part in parts)
+
+
+def _utc_session(dbapi_connection: Any, _record: Any) -> None:
+    # libpq sends $PGTZ at connection start, over the TimeZone in the options; the row
+    # digests and the text of times must not depend on this machine's environment.
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute("SET TimeZone TO 'UTC'")
+    dbapi_connection.commit()
+
+
 def cursor_kind(column_type: sa.types.TypeEngine[Any]) -> str | None:
     if isinstance(column_type, sa.DateTime):
         return "timestamptz" if column_type.timezone else "timestamp"
@@ -374,24 +487,6 @@ def cursor_kind(column_type: sa.types.TypeEngine[Any]) -> str | None:
     if isinstance(column_type, sa.Numeric) and not isinstance(column_type, sa.Float):
         return "number"
     return None
-
-
-def default_lookback(kind: str) -> timedelta | int:
-    return 1000 if kind in {"integer", "number"} else timedelta(minutes=10)
-
-
-def lookback_fits(kind: str, lookback: timedelta | int) -> bool:
-    """A time cursor takes a duration; an integer cursor a count of values."""
-    return isinstance(lookback, timedelta) == (kind not in {"integer", "number"})
-
-
-def comparable_cursor(kind: str, value: Any) -> Any:
-    """A cursor value as the keyset compares it (integers from Decimal, dates as dates)."""
-    if kind == "integer" and isinstance(value, Decimal):
-        return int(value)
-    if kind == "date" and isinstance(value, datetime):
-        return value.date()
-    return value
 
 
 def describe(exc: BaseException) -> str:
@@ -408,4 +503,4 @@ def _sqlite_read_only(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.execute("PRAGMA query_only = ON")
 
 
-__all__ = ["BoundStream", "Source", "date"]
+__all__ = ["BoundStream", "Narrow", "Page", "Rows", "Source", "date"]

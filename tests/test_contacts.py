@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import sqlite3
 import stat
 import time
+from typing import Any
 
 import psycopg
 import pytest
 import sqlalchemy as sa
 
-from connector import config
+from connector import config, session
 from connector.sandbox import Sandbox
 from connector.source import Source
+from connector.state import State
+from connector.sync import Report, run_pass
 from tests.conftest import (
     API_KEY,
     CUSTOMERS,
@@ -165,6 +170,35 @@ def test_open_transaction_guard_holds_the_start_back(db: Database, api: Sandbox,
     assert set(api.contacts) == {"1", "2", "3"}
 
 
+def test_an_integer_cursor_waits_for_a_transaction_that_took_a_value_and_commits_late(
+        db: Database, api: Sandbox, write_config) -> None:
+    """A bigserial cursor: a transaction takes value 6, stays open past a pass that sees
+    7..60 committed, and commits later; row 6 still arrives (the watermark is held at the
+    highest value seen before that transaction began)."""
+    db.execute("CREATE TABLE members (member_id bigserial PRIMARY KEY, mobile text NOT NULL, "
+               "name text)")
+    add = "INSERT INTO members (mobile, name) SELECT '+4670' || lpad((1000000 + i)::text, " \
+          "7, '0'), 'M' || i FROM generate_series(1, %s) AS i"
+    db.execute(add, (5,))
+    stream = {"table": "members", "id": "member_id", "cursor": "member_id", "lookback": 10,
+              "personal": {"phoneNumber": {"column": "mobile", "region": "SE"},
+                           "givenName": "name"}}
+    path = write_config(contacts={"members": stream})
+    assert run_passes(path)["members"].counts["sent"] == 5
+    slow = psycopg.connect(db.server.dsn(db.name))
+    slow.execute("INSERT INTO members (mobile, name) VALUES ('+46709999999', 'Late')")
+    assert slow.execute("SELECT currval('members_member_id_seq')").fetchone() == (6,)
+    db.execute(add, (54,))  # ids 7..60, committed
+    assert run_passes(path)["members"].counts["sent"] == 54
+    with State.open(path.parent / "state" / "connector.db") as state:
+        watermark = state.watermark("members")
+    assert watermark is not None and watermark.cursor == 5  # held below the open one
+    slow.commit()
+    slow.close()
+    run_passes(path)
+    assert set(api.contacts) == {str(i) for i in range(1, 61)}
+
+
 def test_bad_rows_are_dead_lettered_and_flow_once_fixed(db: Database, api: Sandbox,
                                                         write_config) -> None:
     # No primary key, so a NULL id is possible.
@@ -251,7 +285,39 @@ def test_a_dry_run_sends_nothing_and_keeps_no_state(db: Database, api: Sandbox,
     report = run_passes(path, dry_run=True)["customers"]
     assert report.counts["sent"] == 25
     assert api.requests == []
+    assert not (path.parent / "state").exists()  # not even its folder
     assert run_passes(path)["customers"].counts["sent"] == 25
+
+
+def test_a_dry_run_shows_what_it_would_send_and_leaves_the_state_file_alone(
+        db: Database, api: Sandbox, write_config) -> None:
+    db.execute(CUSTOMERS)
+    add_customers(db, 1, 25)
+    path = write_config(contacts={"customers": customers_stream()})
+    run_passes(path)
+    db.execute("UPDATE customers SET city = 'Elsewhere', updated_at = now() "
+               "WHERE customer_id IN (3, 7)")
+    state_file = path.parent / "state" / "connector.db"
+    before = hashlib.sha256(state_file.read_bytes()).hexdigest()
+    heard: list[tuple[str, str, dict[str, Any]]] = []
+
+    async def dry_run() -> Report:
+        settings = config.load(path)
+        async with session.opened(settings, dry_run=True) as ctx:
+            ctx.on_send = lambda kind, key, body: heard.append((kind, key, body))
+            return await run_pass(ctx, "customers")
+
+    requests = len(api.requests)
+    report = asyncio.run(dry_run())
+    assert report.counts["sent"] == 2
+    assert sorted((kind, key, body["general"]["city"]) for kind, key, body in heard) == [
+        ("contact", "3", "Elsewhere"), ("contact", "7", "Elsewhere")]
+    assert len(api.requests) == requests
+    # Untouched: a reader of a WAL file may leave SQLite's side files, with nothing in them.
+    assert hashlib.sha256(state_file.read_bytes()).hexdigest() == before
+    wal = state_file.with_name("connector.db-wal")
+    assert not wal.exists() or wal.stat().st_size == 0
+    assert run_passes(path)["customers"].counts["sent"] == 2
 
 
 def test_reads_run_in_read_only_transactions(db: Database) -> None:
