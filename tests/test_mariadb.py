@@ -27,7 +27,10 @@ from connector import config
 from connector.errors import ConfigError
 from connector.sandbox import Sandbox
 from connector.source import Source
-from tests.conftest import DB_PASSWORD, DB_USER, cli, run_passes
+from tests.conftest import CUSTOMERS as PG_CUSTOMERS
+from tests.conftest import DB_PASSWORD, DB_USER, Database, cli, run_passes
+from tests.conftest import add_customers as pg_add_customers
+from tests.conftest import customers_stream as pg_customers_stream
 from tests.mariadb_fixtures import (  # noqa: F401 - fixtures
     CUSTOMERS,
     ORDERS,
@@ -116,6 +119,28 @@ def test_the_driver_is_said_once_at_debug_level(mdb: MariaDatabase, api: Sandbox
     assert DB_PASSWORD not in verbose.stderr + verbose.stdout
     quiet = cli("--config", str(path), "check")
     assert "mysql+pymysql" not in quiet.stderr + quiet.stdout
+
+
+def test_a_postgres_url_as_platforms_give_it_checks_and_syncs(db: Database, api: Sandbox,
+                                                              write_config) -> None:
+    """`DATABASE_URL=postgres://...` as Heroku-like platforms set it, on a real server."""
+    db.execute(PG_CUSTOMERS)
+    pg_add_customers(db, 1, 3)
+    # A naive timestamp makes `check` ask the server's own session zone on a new engine.
+    db.execute("CREATE TABLE shop (id int PRIMARY KEY, mobile text, "
+               "changed timestamp NOT NULL DEFAULT localtimestamp)")
+    db.execute("INSERT INTO shop (id, mobile) VALUES (1, '+46701234567')")
+    url = db.url.replace("postgresql+psycopg://", "postgres://", 1)
+    path = write_config(contacts={"customers": pg_customers_stream(),
+                                  "shop": {"table": "shop", "id": "id", "cursor": "changed",
+                                           "personal": {"phoneNumber": "mobile"}}},
+                        source={"url": url, "timezone": "UTC"})
+    checked = cli("--config", str(path), "-v", "check")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "database URL postgres:// is read as postgresql+psycopg://" in checked.stderr
+    assert "session_timezone" not in checked.stdout + checked.stderr
+    reports = run_passes(path)
+    assert reports["customers"].counts["sent"] == 3 and reports["shop"].counts["sent"] == 1
 
 
 # -- the session: read-only, UTC, a time limit ----------------------------------------
