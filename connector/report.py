@@ -135,9 +135,11 @@ def _check_streams(settings: config.Settings, source: Source) -> list[tuple[str,
             findings.append(("warn", f"{place}: {stream.table} is a view; make sure the "
                                      f"table under it has an index on {stream.cursor}"))
         elif not source.cursor_indexed(bound):
+            statement = mysql.index_statement(str(stream.table), stream.cursor, stream.id) \
+                if source.dialect == "mysql" \
+                else f"CREATE INDEX ON {stream.table} ({stream.cursor}, {stream.id})"
             findings.append(("warn", f"{place}: no index starts with {stream.cursor}, so every "
-                                     f"pass reads the whole table; add one: CREATE INDEX ON "
-                                     f"{stream.table} ({stream.cursor}, {stream.id})"))
+                                     f"pass reads the whole table; add one: {statement}"))
         if bound.cursor_nullable:
             findings.append(("warn", f"{place}: {stream.cursor} may be NULL; such rows are held "
                                      "as dead letters until they get a value"))

@@ -408,6 +408,20 @@ def test_check_says_whether_the_guard_is_on(mdb: MariaDatabase, api: Sandbox,
     assert "MariaDB 10." in seeing.stdout
     assert "open-transaction guard: active" in seeing.stdout
 
+    assert "no index starts with" not in seeing.stdout
+
+    # A table whose cursor has no index: the proposed statement is MySQL's.
+    mdb.execute("CREATE TABLE leads (id INT PRIMARY KEY, mobile VARCHAR(20), "
+                "changed DATETIME(6) NOT NULL)")
+    unindexed = maria_config(contacts={"leads": {"table": "leads", "id": "id",
+                                                 "cursor": "changed",
+                                                 "personal": {"phoneNumber": "mobile"}}})
+    result = cli("--config", str(unindexed), "check")
+    statement = "CREATE INDEX `leads_changed` ON `leads` (`changed`, `id`)"
+    assert statement in result.stdout
+    mdb.execute(statement)  # it works as proposed
+    assert "no index starts with" not in cli("--config", str(unindexed), "check").stdout
+
     blind = maria_config(contacts={"customers": customers_stream()},
                          source={"url": reader_without_process(mdb)})
     result = cli("--config", str(blind), "check")

@@ -220,6 +220,16 @@ def error_code(exc: sa.exc.DBAPIError) -> int | None:
     return args[0] if args and isinstance(args[0], int) else None
 
 
+def index_statement(table: str, cursor: str, id_: str) -> str:
+    """The statement `check` proposes for a cursor without an index (MySQL needs a name)."""
+    name = "".join(ch if ch.isalnum() else "_" for ch in f"{table.split('.')[-1]}_{cursor}")
+    return f"CREATE INDEX `{name[:60]}` ON {_quoted(table)} (`{cursor}`, `{id_}`)"
+
+
+def _quoted(table: str) -> str:
+    return ".".join(f"`{part}`" for part in table.split("."))
+
+
 def guard_finding(visibility: str) -> tuple[str, str]:
     """What `connector check` says about the open-transaction guard."""
     if visibility == "all":
