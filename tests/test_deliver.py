@@ -10,7 +10,7 @@ from typing import Any
 
 from connector.deliver import Delivery
 from connector.plan import ContactPlan, EventItem, EventPlan, FlagEvent
-from connector.state import Commit, Delivered, FlagState, Held, LinkKey
+from connector.state import Commit, Delivered, FlagState, Held, LinkKey, Sent
 from connector.values import Counts
 
 PAYLOAD = {"schema": 1, "personal": {"phoneNumber": "46701234567"}, "general": {}}
@@ -59,13 +59,14 @@ def test_contacts_then_their_links_and_events_in_that_order() -> None:
 
 def test_events_go_into_the_ledger_and_leave_the_held_list() -> None:
     body = {"at": "2026-11-27T09:00:00Z", "name": "Conversion", "schema": 1}
-    plan = EventPlan(send=[EventItem("10", "1", body), EventItem("11", "2", body)],
+    plan = EventPlan(send=[EventItem("10", "1", body, b"who-when-10"),
+                           EventItem("11", "2", body, b"who-when-11")],
                      digests={"10": b"a", "11": b"b"}, cleared=["7"],
                      held=[Held("s", "12", "waiting", "contact 3 not yet delivered")],
                      on_record={"11"}, counts=Counts())
     commit, heard, counts = dry(plan)
     assert heard == [("event", "10", body), ("event", "11", body)]
-    assert commit.ledger == ["10", "11"]
+    assert commit.ledger == [Sent("10", b"who-when-10"), Sent("11", b"who-when-11")]
     assert commit.cleared == ["7", "11"]
     assert [h.row_key for h in commit.held] == ["12"]
     assert counts.sent == 2
