@@ -34,6 +34,7 @@ from pydantic import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from connector import dialects
 from connector.errors import ConfigError
 
 DEFAULT_PATH = "connector.yaml"
@@ -325,19 +326,15 @@ class Source(_Model):
     def _url(cls, value: SecretStr) -> SecretStr:
         # No message here may quote the URL or a part of it: it holds the password.
         try:
-            url = make_url(value.get_secret_value())
+            url = make_url(dialects.driver_url(value.get_secret_value()).url)
+        except dialects.UnknownScheme as exc:
+            raise ValueError(str(exc)) from None
         except (ArgumentError, ValueError):
             raise ValueError("not a database URL; write it as "
-                             "postgresql+psycopg://user:password@host:5432/dbname "
-                             "or sqlite:///path/to/file.db") from None
+                             f"{dialects.WORKING_FORMS}") from None
         if url.host and "@" in url.host:
             raise ValueError("the host part holds an @; if the password has one, write it as "
                              "%40 (URL-encoded)")
-        if url.get_backend_name() not in {"postgresql", "sqlite"}:
-            raise ValueError(f"the {url.get_backend_name()!r} database is not supported; "
-                             "use postgresql+psycopg:// or sqlite:///")
-        if url.get_backend_name() == "postgresql" and url.drivername != "postgresql+psycopg":
-            raise ValueError("use the psycopg 3 driver: postgresql+psycopg://...")
         return value
 
     @field_validator("timezone")
@@ -371,6 +368,11 @@ class Source(_Model):
             if key.lower() in _SECRET_PARAMETERS:
                 found += [value] if isinstance(value, str) else list(value)
         return [str(item) for item in found]
+
+    @property
+    def driver_url(self) -> dialects.DriverUrl:
+        """The URL with the driver's scheme (`mysql://` -> `mysql+pymysql://`): a secret."""
+        return dialects.driver_url(self.url.get_secret_value())
 
 
 _SECRET_PARAMETERS = {"password", "passfile", "sslpassword", "sslkey"}

@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from connector import checks, held, metrics, restart
 from connector.context import Context, StopFlag
@@ -43,7 +43,7 @@ __all__ = ["Backfill", "Context", "How", "Live", "Report", "Retry", "StopFlag", 
 
 @dataclass(frozen=True)
 class Live:
-    kind: PassKind = "live"
+    kind: ClassVar[PassKind] = "live"
 
 
 @dataclass(frozen=True)
@@ -52,12 +52,12 @@ class Backfill:
     until: Any = None
     resend: bool = False  # send every row, whatever the digests say
     restart: bool = False  # start the range again instead of resuming it
-    kind: PassKind = "backfill"
+    kind: ClassVar[PassKind] = "backfill"
 
 
 @dataclass(frozen=True)
 class Retry:
-    kind: PassKind = "retry"
+    kind: ClassVar[PassKind] = "retry"
 
 
 How = Live | Backfill | Retry

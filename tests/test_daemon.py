@@ -94,7 +94,7 @@ def test_the_daemon_survives_a_database_outage(db: Database, api: Sandbox, write
         pg_server.resume()
     # The second failure is of a pass that started with the database down: one clear line.
     failure = [line for line in daemon.log().splitlines() if "pass failed" in line][1]
-    assert "[customers] pass failed: reading pg_stat_activity failed: connection failed: " \
+    assert "[customers] pass failed: customers: reading pg_class failed: connection failed: " \
            "connection to server at \"127.0.0.1\"" in failure
     assert failure.endswith("Connection refused")
     assert "Traceback" not in daemon.log()

@@ -59,7 +59,7 @@ def test_a_database_outage_makes_the_daemon_unready_and_recovery_ready_again(
         assert stream["ready"] is False
         assert stream["consecutive_failures"] >= 2
         assert stream["reason"].startswith("the last ")
-        assert "passes failed: reading pg_stat_activity failed: connection failed: " \
+        assert "passes failed: customers: reading pg_class failed: connection failed: " \
                in stream["reason"]
         assert body["reasons"] == [f"customers: {stream['reason']}"]
         assert body["api"]["ready"] is True and body["state"]["ready"] is True
@@ -98,7 +98,7 @@ def test_a_refused_api_key_makes_the_daemon_unready_at_the_first_failed_pass(
     assert daemons[0].stop() == 0
 
 
-def test_a_long_retry_after_hold_makes_the_daemon_unready_and_stop_is_bounded(
+def test_a_long_retry_after_hold_makes_the_daemon_unready(
         db: Database, api: Sandbox, write_config, daemons: list[Daemon]) -> None:
     db.execute(CUSTOMERS)
     add_customers(db, 1, 20)
@@ -113,6 +113,30 @@ def test_a_long_retry_after_hold_makes_the_daemon_unready_and_stop_is_bounded(
     assert body["api"]["reason"].startswith("Wiraya asked every call to wait ")
     assert "longer than wiraya.max_hold (300 s)" in body["api"]["reason"]
     assert "connector_api_hold_seconds 3" in probe.get("/metrics")[1]  # 3xxx seconds
+
+    # Passes do not sit in an hour-long hold: each stops at once with one clear line.
+    daemon = daemons[0]
+    assert daemon.stop() == 0
+    log = daemon.log()
+    assert "longer than wiraya.max_hold (5m); the pass stops and the next one starts from " \
+           "the same place" in log
+    assert "Traceback" not in log
+
+
+def test_a_stop_during_a_hold_is_bounded(
+        db: Database, api: Sandbox, write_config, daemons: list[Daemon]) -> None:
+    db.execute(CUSTOMERS)
+    add_customers(db, 1, 20)
+    api.faults.rate_limit = 0.001  # one call, then 429 with Retry-After: 60 (within max_hold)
+    api.faults.retry_after = 60
+    probe = start(write_config, daemons, contacts={"customers": customers_stream(every="1s")},
+                  daemon={"stop_timeout": "2s"})
+    def holding() -> bool:
+        body = probe.get("/readyz")[1] or {}
+        return bool(body.get("api", {}).get("hold_seconds", 0) > 30)
+
+    wait_for(holding, 30, "a hold of a minute")
+    assert probe.get("/readyz")[1]["api"]["ready"] is True  # within wiraya.max_hold
 
     # The pass waits in the hold; a stop waits for it at most daemon.stop_timeout.
     daemon = daemons[0]
