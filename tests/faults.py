@@ -146,6 +146,22 @@ FAULTS: list[Fault] = [
        "-c statement_timeout",
        f"{C}::test_reads_run_in_read_only_transactions",
        why="the connector's sessions may write to the customer's database"),
+    # -- the daemon
+    _f("deploy-cancels-page", "connector/daemon.py",
+       "            await asyncio.shield(task)", "            await task",
+       "tests/test_daemon.py::"
+       "test_a_deploy_finishes_the_page_in_flight_and_sends_no_event_twice",
+       why="a deploy (SIGTERM) cancels the page in flight and its events are resent"),
+    _f("readiness", "connector/health.py",
+       "        if failures >= self.unready_after:", "        if False:",
+       "tests/test_health.py::"
+       "test_a_database_outage_makes_the_daemon_unready_and_recovery_ready_again",
+       why="readiness says ready while every pass fails"),
+    _f("state-file-put-back", "connector/statefile.py",
+       "        if now == self.identity:", "        if True:",
+       "tests/test_statefile.py::"
+       "test_a_state_file_deleted_under_the_daemon_is_put_back_and_nothing_is_resent",
+       why="a state file deleted under the daemon is not noticed: a restart resends all"),
     # -- check
     _f("standby-check", "connector/checks.py",
        "    if facts is None or not facts.standby:", "    if True:",
