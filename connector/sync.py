@@ -71,6 +71,8 @@ class Context:
     api: Wiraya | None  # None: a dry run, nothing is sent
     stop: StopFlag = field(default_factory=_Never)
     on_page: Callable[[str, int], None] | None = None  # (stream, rows) after each page
+    # (kind "contact"|"link"|"event", contact id, body) for each payload a dry run would send
+    on_send: Callable[[str, str, dict[str, Any]], None] | None = None
 
     @property
     def dry_run(self) -> bool:
@@ -606,6 +608,9 @@ class _Pass:
     async def _send_contacts(self, send: dict[str, dict[str, Any]],
                              digests: dict[str, bytes]) -> dict[str, Result]:
         if self.ctx.api is None:
+            if self.ctx.on_send is not None:
+                for key, body in send.items():
+                    self.ctx.on_send("contact", key, body)
             return {key: Result.accepted() for key in send}
 
         def done(results: dict[str, Result]) -> None:
@@ -616,6 +621,9 @@ class _Pass:
 
     async def _send_links(self, links: list[tuple[str, str, str]]) -> list[Result]:
         if self.ctx.api is None:
+            if self.ctx.on_send is not None:
+                for cid, campaign, iteration in links:
+                    self.ctx.on_send("link", cid, Link(cid, campaign, iteration or None).body())
             return [Result.accepted() for _ in links]
 
         def done(results: dict[int, Result]) -> None:
@@ -629,6 +637,9 @@ class _Pass:
     async def _send_events(self, events: list[tuple[str, str, dict[str, Any]]],
                            record: Callable[[list[str]], Commit]) -> dict[str, Result]:
         if self.ctx.api is None:
+            if self.ctx.on_send is not None:
+                for _, contact_id, body in events:
+                    self.ctx.on_send("event", contact_id, body)
             return {key: Result.accepted() for key, _, _ in events}
 
         def done(results: dict[str, Result]) -> None:
