@@ -8,6 +8,7 @@ bad arguments. Errors are one clear line on stderr; secrets never reach the term
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -20,7 +21,7 @@ from connector.errors import ConfigError, ConnectorError
 Handler = Callable[[argparse.Namespace], int]
 
 
-class _Help(argparse.RawDescriptionHelpFormatter):
+class _Help(argparse.HelpFormatter):
     """Shows each option's default after its help, unless the help already tells it."""
 
     def __init__(self, prog: str) -> None:
@@ -29,8 +30,8 @@ class _Help(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if ("default" in text or default in (None, False, argparse.SUPPRESS)
-                or action.option_strings == []):
+        if ("default" in text or default is None or default is False
+                or default == argparse.SUPPRESS or not action.option_strings):
             return text
         return f"{text} (default: %(default)s)"
 
@@ -45,12 +46,8 @@ def _columns() -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     if "_ARGCOMPLETE" in os.environ:  # shell completion, when argcomplete is installed
-        try:
-            import argcomplete
-        except ImportError:
-            pass
-        else:
-            argcomplete.autocomplete(parser)
+        with contextlib.suppress(ImportError):
+            importlib.import_module("argcomplete").autocomplete(parser)
     args = parser.parse_args(argv)
     handler: str | None = getattr(args, "handler", None)
     if handler is None:
@@ -98,10 +95,10 @@ def _global_options(parser: argparse.ArgumentParser, inherited: bool) -> None:
     group.add_argument("-c", "--config", metavar="PATH", default=default(None),
                        help="config file (default: $CONNECTOR_CONFIG, then ./connector.yaml)")
     group.add_argument("--log-format", choices=["text", "json"], default=default(None),
-                       help="log line format (default: logging.format of the config, text)")
+                       help="log line format (default: the config's logging.format)")
     group.add_argument("-v", "--verbose", action="store_true", default=default(False),
-                       help="debug logging (default: logging.level of the config; one-shot "
-                            "commands show warnings and errors only)")
+                       help="debug logging (default: the config's logging.level; one-shot "
+                            "commands log warnings only)")
 
 
 class _Commands:
@@ -184,7 +181,7 @@ def _sync_commands(commands: _Commands) -> None:
     dead = commands.add("dead-letters", None, "list or retry the rows held back: dead letters "
                                               "and events waiting for their contact")
     actions = _Commands(dead, "actions", "ACTION")
-    listing = actions.add("list", "held:dead_list", "list dead letters and waiting events, "
+    listing = actions.add("list", "status:dead_list", "list dead letters and waiting events, "
                                                     "with reason, attempts, first and last seen")
     listing.add_argument("--stream", metavar="STREAM", help="only this stream (default: all)")
     listing.add_argument("--json", action="store_true", help="print one JSON object")

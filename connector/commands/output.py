@@ -12,13 +12,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from connector.logs import mask
+from connector.logs import mask, mask_all
 
 _COLORS = {"green": "32", "yellow": "33", "red": "31"}
 
 
 def line(text: str = "") -> None:
-    print(mask(text), file=sys.stdout)
+    print(mask(text), file=sys.stdout, flush=True)
 
 
 def error(text: str) -> None:
@@ -27,17 +27,7 @@ def error(text: str) -> None:
 
 def as_json(document: dict[str, Any]) -> None:
     """One JSON object on one line; secrets masked inside every string."""
-    print(json.dumps(_masked(document), ensure_ascii=False), file=sys.stdout)
-
-
-def _masked(node: Any) -> Any:
-    if isinstance(node, str):
-        return mask(node)
-    if isinstance(node, dict):
-        return {mask(str(key)): _masked(value) for key, value in node.items()}
-    if isinstance(node, list | tuple):
-        return [_masked(value) for value in node]
-    return node
+    print(json.dumps(mask_all(document), ensure_ascii=False), file=sys.stdout)
 
 
 def paint(text: str, color: str) -> str:
@@ -57,3 +47,14 @@ def table(columns: Sequence[str], rows: Sequence[Sequence[Any]],
         parts = [value.rjust(width) if column in right else value.ljust(width)
                  for value, width, column in zip(row, widths, columns, strict=True)]
         line("  ".join(parts).rstrip())
+
+
+def rich_console(stderr: bool = False) -> Any:
+    """A rich Console (imported only now) for the progress bar and the demo's tables; wide
+    enough for them when output goes to a file or a pipe."""
+    import shutil
+
+    from rich.console import Console
+
+    width = max(shutil.get_terminal_size((160, 24)).columns, 100)
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
