@@ -16,8 +16,13 @@ import pytest
 from connector import cli
 from connector.sandbox import Sandbox
 from connector.state import DaemonLock, State
-from tests.conftest import API_KEY, CUSTOMERS, DB_PASSWORD, Database, add_customers, \
-    customers_stream
+from tests.conftest import (
+    CUSTOMERS,
+    DB_PASSWORD,
+    Database,
+    add_customers,
+    customers_stream,
+)
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -249,6 +254,7 @@ def test_show_lists_links_and_events_too(db: Database, api: Sandbox, write_confi
     path = write_config(contacts={"customers": customers_stream(
         campaign={"campaign": "welcome", "iteration": "2026-11"})})
     code, out, _ = run(capsys, "sync", "--dry-run", "--show", "5", "--config", str(path))
+    assert code == 0
     assert out.splitlines()[:3] == [
         'contact 1: {"schema": 1, "personal": {"phoneNumber": "46701000001", '
         '"givenName": "Given1", "surName": "Family1"}, "general": {"city": "City1"}}',
@@ -260,6 +266,7 @@ def test_show_lists_links_and_events_too(db: Database, api: Sandbox, write_confi
     assert run(capsys, "sync", "customers", "--config", str(path))[0] == 0
     code, out, _ = run(capsys, "sync", "conversions", "--dry-run", "--show", "5",
                        "--config", str(path))
+    assert code == 0
     assert out.splitlines()[0] == \
         'event 1: {"at": "2026-01-02T03:04:05Z", "name": "Conversion", "schema": 1}'
 
@@ -284,3 +291,200 @@ def test_show_and_redact_need_what_they_go_with(shop: Path,
         cli.main(["sync", "--dry-run", "--show", "0"])
     assert exit_.value.code == 2
     assert "argument --show: 0 is less than 1" in capsys.readouterr().err
+
+
+# -- check --json ---------------------------------------------------------------------------
+
+
+def test_check_json_lists_each_finding_with_its_level(shop: Path, api: Sandbox,
+                                                       capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    code, out, err = run(capsys, "check", "--json", "--config", str(shop))
+    assert (code, err) == (0, "")
+    document = json.loads(out)
+    database = document["findings"].pop(1)
+    assert database["level"] == "ok" and database["message"].startswith("database: 1")
+    assert document == {"ok": True, "problems": 0, "warnings": 0, "findings": [
+        {"level": "ok", "message": "config: 1 contact stream(s), 1 event stream(s)"},
+        {"level": "ok", "message": "contacts.customers: public.customers (table), id "
+                                   "customer_id, cursor updated_at (timestamptz)"},
+        {"level": "ok", "message": "events.conversions: orders (table), id order_id, "
+                                   "cursor created_at (timestamptz)"},
+        {"level": "ok", "message": "open-transaction guard: active (the role sees every "
+                                   "session)"},
+        {"level": "ok", "message": f"state: {shop.parent / 'state' / 'connector.db'} "
+                                   "(schema 1)"},
+        {"level": "ok", "message": f"Wiraya: logged in at {api.url}"}]}
+
+
+def test_check_json_fails_with_exit_1_and_the_reason(shop: Path, api: Sandbox,
+                                                     write_config: Any,
+                                                     capsys: pytest.CaptureFixture[str]
+                                                     ) -> None:
+    path = write_config(contacts={"customers": customers_stream()},
+                        wiraya={"api_key": "not-the-key-123"})
+    code, out, _ = run(capsys, "check", "--json", "--config", str(path))
+    assert code == 1
+    document = json.loads(out)
+    assert (document["ok"], document["problems"], document["warnings"]) == (False, 1, 0)
+    assert document["findings"][-1]["level"] == "fail"
+    assert document["findings"][-1]["message"].startswith(
+        "Wiraya: Wiraya refused the API key (401")
+    assert "not-the-key-123" not in out
+
+
+# -- status, runs -------------------------------------------------------------------------
+
+
+def test_status_json_gives_lag_in_seconds_and_the_watermark_as_values(
+        db: Database, api: Sandbox, write_config: Any,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    db.execute(CUSTOMERS)
+    add_customers(db, 1, 3, at="now() - interval '2 days'")
+    path = write_config(contacts={"customers": customers_stream()})
+    assert run(capsys, "sync", "--config", str(path))[0] == 0
+    code, out, _ = run(capsys, "status", "--json", "--config", str(path))
+    assert code == 0
+    document = json.loads(out)
+    row = document["streams"][0]
+    lag = row.pop("lag_seconds")
+    assert isinstance(lag, int) and 2 * 86400 <= lag < 2 * 86400 + 120
+    watermark = row.pop("watermark")
+    assert watermark["id"] == 3 and watermark["cursor"].endswith("+00:00")
+    last = row.pop("last_run")
+    assert {key: last[key] for key in ("stream", "kind", "outcome", "read", "sent")} == \
+        {"stream": "customers", "kind": "live", "outcome": "ok", "read": 3, "sent": 3}
+    assert document == {"state": str(path.parent / "state" / "connector.db"), "streams": [
+        {"stream": "customers", "kind": "contacts", "delivered": 3, "waiting": 0,
+         "dead": 0}]}
+    code, out, _ = run(capsys, "status", "--config", str(path))
+    lines = out.splitlines()
+    assert lines[0] == f"state: {path.parent / 'state' / 'connector.db'}"
+    assert lines[1].split() == ["stream", "kind", "watermark", "lag", "last", "run", "outcome",
+                                "read", "sent", "skipped", "waiting", "dead"]
+    assert lines[2].split()[:2] == ["customers", "contacts"]
+    assert " 2 days, " in lines[2] and lines[2].split()[-6:] == ["ok", "3", "3", "0", "0", "0"]
+
+
+def test_status_before_any_pass(shop: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "status", "--config", str(shop))
+    assert code == 0
+    state = shop.parent / "state" / "connector.db"
+    assert out.splitlines() == [
+        f"state: {state} (not yet written: no pass has run)",
+        "stream       kind      watermark  lag  last run  outcome  read  sent  skipped  "
+        "waiting  dead",
+        "customers    contacts  -            -  never     -           -     -        -  "
+        "      0     0",
+        "conversions  events    -            -  never     -           -     -        -  "
+        "      0     0"]
+
+
+def test_runs_lists_the_history_newest_first(shop: Path, api: Sandbox,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "runs", "--config", str(shop)) == (0, "no runs yet\n", "")
+    for _ in range(2):
+        assert run(capsys, "sync", "--config", str(shop))[0] == 0
+    code, out, _ = run(capsys, "runs", "customers", "--limit", "1", "--json",
+                       "--config", str(shop))
+    assert code == 0
+    runs = json.loads(out)["runs"]
+    assert [(r["id"], r["stream"], r["outcome"], r["read"], r["sent"], r["skipped"])
+            for r in runs] == [(3, "customers", "ok", 30, 0, 30)]
+    code, out, _ = run(capsys, "runs", "--config", str(shop))
+    lines = out.splitlines()
+    assert lines[0].split() == ["id", "stream", "kind", "started", "finished", "outcome",
+                                "read", "sent", "skipped", "dead", "waiting", "error"]
+    assert [line.split()[:2] for line in lines[1:]] == [
+        ["4", "conversions"], ["3", "customers"], ["2", "conversions"], ["1", "customers"]]
+    assert lines[4].split()[5:] == ["ok", "30", "30", "0", "0", "0", "-"]
+    assert run(capsys, "runs", "custmers", "--config", str(shop)) == (2, "", (
+        "streams: 1 problem(s)\n  custmers: no such stream (known: customers, "
+        "conversions)\n"))
+
+
+# -- state reset ------------------------------------------------------------------------------
+
+
+def test_reset_asks_first_and_keeps_the_event_ledger(
+        shop: Path, api: Sandbox, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    assert run(capsys, "sync", "--config", str(shop))[0] == 0
+    assert len(api.events) == 5
+    state = shop.parent / "state" / "connector.db"
+    with State.open(state) as opened:
+        watermark = opened.watermark("conversions")
+    assert watermark is not None
+
+    answers = iter(["n"])
+    monkeypatch.setattr("builtins.input", lambda prompt: next(answers))
+    code, out, _ = run(capsys, "state", "reset", "conversions", "--config", str(shop))
+    assert code == 1
+    assert out.splitlines()[-1] == "nothing was reset"
+    with State.open(state) as opened:
+        assert opened.watermark("conversions") == watermark
+
+    code, out, _ = run(capsys, "state", "reset", "conversions", "--yes", "--config", str(shop))
+    assert code == 0
+    assert out.splitlines() == [
+        f"forgets: the watermark {watermark.cursor.isoformat()} (id 5), 0 waiting event(s), "
+        "0 dead letter(s), 0 backfill range(s)",
+        "keeps:   5 sent event(s) in the ledger (--resend-events forgets them), campaign "
+        "links, 1 run(s) of history",
+        "then:    the next pass of conversions reads the table from the start and sends none "
+        "of the events already sent",
+        "conversions: reset; its next pass reads the table from the start"]
+    with State.open(state) as opened:
+        assert opened.watermark("conversions") is None
+        assert opened.watermark("customers") is not None  # other streams untouched
+        assert opened.count("contacts", "customers") == 30
+    code, out, _ = run(capsys, "sync", "--config", str(shop))
+    assert seconds_blanked(out).splitlines() == [
+        "customers: 30 read, 0 sent, 30 skipped in Ns",
+        "conversions: 5 read, 0 sent, 5 skipped in Ns"]
+    assert len(api.events) == 5  # none sent twice
+
+
+def test_reset_with_resend_events_sends_them_again_and_contacts_are_resent(
+        shop: Path, api: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "sync", "--config", str(shop))[0] == 0
+    code, out, _ = run(capsys, "state", "reset", "conversions", "--resend-events", "--yes",
+                       "--config", str(shop))
+    assert code == 0
+    assert out.splitlines()[0].endswith(", 0 backfill range(s), 5 sent event(s) in the ledger")
+    assert out.splitlines()[1] == "keeps:   campaign links, 1 run(s) of history"
+    code, out, _ = run(capsys, "state", "reset", "customers", "-y", "--config", str(shop))
+    assert out.splitlines()[0].startswith("forgets: the watermark ")
+    assert out.splitlines()[0].endswith(" 30 contact digest(s), 0 dead letter(s), "
+                                        "0 backfill range(s)")
+    assert run(capsys, "sync", "--config", str(shop))[0] == 0
+    assert len(api.events) == 10
+    assert sum(api.contact_writes.values()) == 60
+
+
+def test_reset_is_refused_while_a_daemon_uses_the_state_file(
+        shop: Path, api: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+
+    assert run(capsys, "sync", "--config", str(shop))[0] == 0
+    lock = DaemonLock(shop.parent / "state" / "connector.db").acquire()
+    try:
+        code, out, err = run(capsys, "state", "reset", "customers", "--yes",
+                             "--config", str(shop))
+    finally:
+        lock.release()
+    assert (code, out) == (1, "")
+    assert err == (f"error: a connector daemon (pid {os.getpid()}) uses "
+                   f"{shop.parent / 'state' / 'connector.db'}; stop it, then reset the stream\n")
+
+
+def test_reset_of_an_unknown_stream_is_a_usage_error(shop: Path, api: Sandbox,
+                                                     capsys: pytest.CaptureFixture[str]
+                                                     ) -> None:
+    assert run(capsys, "state", "reset", "customers", "--yes", "--config", str(shop)) == (
+        0, f"nothing to reset: no state file at {shop.parent / 'state' / 'connector.db'}\n",
+        "")
+    assert run(capsys, "sync", "--config", str(shop))[0] == 0
+    assert run(capsys, "state", "reset", "custmers", "--yes", "--config", str(shop)) == (
+        2, "", "streams: 1 problem(s)\n  custmers: no such stream in the config or the state "
+               "file (known: customers, conversions)\n")
