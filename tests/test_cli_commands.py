@@ -229,18 +229,20 @@ def test_show_prints_the_payloads_masking_secrets_and_with_redact_personal_field
         "customers: 30 read, 30 to send, 0 skipped in Ns",
         "dry run: nothing was sent, no state was changed"]
 
-    code, out, _ = run(capsys, "sync", "customers", "--dry-run", "--show", "1", "--redact",
+    code, out, _ = run(capsys, "sync", "customers", "--dry-run", "--show", "2", "--redact",
                        "--json", "--config", str(shop))
     document = json.loads(out)
     assert document["dry_run"] is True
     assert document["streams"]["customers"]["counts"] == {
         "read": 30, "to_send": 30, "skipped": 0, "to_link": 0, "events_to_send": 0,
         "to_release": 0, "would_wait": 0, "would_be_dead": 0}
+    redacted = {"phoneNumber": "***", "givenName": "***", "surName": "***"}
     assert document["payloads"] == {"total": 30, "shown": [
-        {"kind": "contact", "key": "1", "body": {
-            "schema": 1, "personal": {"phoneNumber": "***", "givenName": "***",
-                                      "surName": "***"},
-            "general": {"city": "City1"}}}]}
+        {"kind": "contact", "key": "1",
+         "body": {"schema": 1, "personal": redacted, "general": {"city": "City1"}}},
+        {"kind": "contact", "key": "2",
+         "body": {"schema": 1, "personal": redacted, "general": {"city": "***"}}}]}
+    assert DB_PASSWORD not in out
     assert api.requests == []
 
 
