@@ -13,7 +13,6 @@ import json
 import os
 import platform
 import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,11 +34,19 @@ if str(ROOT) not in sys.path:
 from connector import config, session  # noqa: E402
 from connector.sync import Report  # noqa: E402
 from connector.sync import run_pass as _run_pass  # noqa: E402
+from tests.conftest import (  # noqa: E402 - the tests' schema, role and stream
+    API_KEY,
+    CUSTOMERS,
+    DB_PASSWORD,
+    DB_USER,
+    add_customers,
+    customers_stream,
+)
+from tests.conftest import Database as _TestDatabase  # noqa: E402
 from tests.pgserver import PgServer  # noqa: E402
+from tests.ports import free_port  # noqa: E402
 
-API_KEY = "bench-api-key-3c9e1a"
-DB_USER = "connector"
-DB_PASSWORD = "bench-db-pass-81d2"
+__all__ = ["API_KEY", "CUSTOMERS", "customers_stream", "free_port"]  # shared with the tests
 RESULTS = ROOT / "bench" / "results"
 
 
@@ -152,61 +159,33 @@ class Postgres:
 
 
 @dataclass
-class Database:
-    server: PgServer
-    name: str
-
-    @property
-    def url(self) -> str:
-        """The connector's URL: the read-only role with a password."""
-        return self.server.url(self.name, DB_USER, DB_PASSWORD)
+class Database(_TestDatabase):
+    """The tests' database handle, plus what the benchmarks need: a plain DSN and row counts."""
 
     @property
     def dsn(self) -> str:
         return self.server.dsn(self.name)
 
-    def execute(self, sql: str, params: Any = None) -> int:
+    def rowcount(self, sql: str, params: Any = None) -> int:
+        """Run one statement; how many rows it changed."""
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             return conn.execute(sql, params).rowcount
 
-    def scalar(self, sql: str, params: Any = None) -> Any:
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            row = conn.execute(sql, params).fetchone()
-            return row[0] if row else None
-
-
-CUSTOMERS = """
-CREATE TABLE customers (
-    customer_id bigint PRIMARY KEY,
-    first_name  text,
-    last_name   text,
-    mobile      text,
-    city        text,
-    status      text NOT NULL DEFAULT 'active',
-    birth_date  date,
-    created_at  timestamptz NOT NULL DEFAULT now(),
-    updated_at  timestamptz NOT NULL DEFAULT now()
-)"""
-
 
 def build_customers(db: Database, rows: int, spacing: float = 60.0) -> float:
-    """`rows` customers (the tests' table), all updated more than a day ago, the cursor
-    values `spacing` seconds apart (so with a 10-minute lookback, only the newest
-    600/spacing rows lie within the lookback of the newest row, whatever the table's size).
+    """`rows` customers (the tests' table and rows, `tests/conftest.py`), all updated more
+    than a day ago, the cursor values `spacing` seconds apart (so with a 10-minute lookback,
+    only the newest 600/spacing rows lie within the lookback of the newest row, whatever the
+    table's size).
 
-    Built with one INSERT ... SELECT generate_series; the cursor index is made after the
+    Loaded with one INSERT ... SELECT generate_series; the cursor index is made after the
     load, then VACUUM ANALYZE, as a table at rest would be. Returns the seconds it took.
     """
     started = time.monotonic()
     db.execute(CUSTOMERS)
-    db.execute(f"""
-        INSERT INTO customers (customer_id, first_name, last_name, mobile, city, created_at,
-                               updated_at)
-        SELECT i, 'Given' || i, 'Family' || i, '+4670' || lpad((1000000 + i)::text, 7, '0'),
-               'City' || (i % 50),
-               now() - interval '400 days' + i * interval '1 second',
-               now() - interval '1 day' - ({rows} - i) * interval '{spacing} seconds'
-        FROM generate_series(1, {rows}) AS i""")
+    db.execute("DROP INDEX customers_updated_at")  # made again after the load: faster
+    add_customers(db, 1, rows, at=f"now() - interval '1 day' - ({rows} - i) * "
+                                  f"interval '{spacing} seconds'")
     db.execute("CREATE INDEX customers_updated_at ON customers (updated_at)")
     db.execute("VACUUM ANALYZE customers")
     return time.monotonic() - started
@@ -215,19 +194,13 @@ def build_customers(db: Database, rows: int, spacing: float = 60.0) -> float:
 def change_customers(db: Database, every: int, residue: int, label: str) -> int:
     """Change the city of every `every`-th customer (ids with `id % every == residue`) and
     move its cursor to now(); returns how many rows changed."""
-    return db.execute(
+    return db.rowcount(
         "UPDATE customers SET city = %s, updated_at = clock_timestamp() "
         "WHERE customer_id %% %s = %s", (label, every, residue))
 
 
 # ---------------------------------------------------------------------------
 # The sandbox, in its own process
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class SandboxProcess:
@@ -302,19 +275,6 @@ class SandboxProcess:
 
 # ---------------------------------------------------------------------------
 # Configs and passes
-
-
-def customers_stream(**extra: Any) -> dict[str, Any]:
-    """The tests' contact stream over `public.customers`."""
-    stream: dict[str, Any] = {
-        "table": "public.customers", "id": "customer_id", "cursor": "updated_at",
-        "lookback": "10m",
-        "personal": {"phoneNumber": {"column": "mobile", "region": "SE"},
-                     "givenName": "first_name", "surName": "last_name"},
-        "general": {"city": "city"},
-    }
-    stream.update(extra)
-    return stream
 
 
 def write_config(folder: Path, *, db_url: str, api_url: str, wiraya: dict[str, Any] | None = None,

@@ -36,7 +36,7 @@ from rich.progress import (
 from connector import config, metrics, session
 from connector.errors import ConnectorError
 from connector.state import DaemonLock
-from connector.sync import Context, Report, range_key, run_pass
+from connector.sync import Backfill, Context, Report, range_key, run_pass
 
 log = logging.getLogger("connector.daemon")
 
@@ -176,8 +176,7 @@ def backfill(settings: config.Settings, stream: str, since: Any, until: Any, *, 
                     progress.update(task, advance=rows, rate=f"{rate:,.0f}/s")
 
                 ctx.on_page = on_page
-                return await run_pass(ctx, stream, "backfill", since=since, until=until,
-                                      resend=resend, restart=restart)
+                return await run_pass(ctx, stream, Backfill(since, until, resend, restart))
 
     report = asyncio.run(go())
     console.print(report.line() + ("" if report.outcome != "stopped"

@@ -325,8 +325,8 @@ def _getter(names: Sequence[str], column: str) -> int:
 class ContactMapper:
     """Rows of one contact stream -> `MappedContact`."""
 
-    def __init__(self, stream: config.ContactStream, names: Sequence[str], zone: tzinfo,
-                 source_digest: bool = False) -> None:
+    def __init__(self, stream: config.ContactStream, names: Sequence[str], zone: tzinfo
+                 ) -> None:
         self.stream = stream
         self.zone = zone
         self.id_index = _getter(names, stream.id)
@@ -346,23 +346,17 @@ class ContactMapper:
         # What shapes the mapping besides the row: a change re-maps every row read.
         self.salt = f"{MAPPING_VERSION}|{phonenumbers.__version__}|{zone}|{stream.fingerprint()}"
         self._key = hashlib.blake2b(self.salt.encode(), digest_size=32).digest()
-        # The database may hand over a digest of the salt and the row's values as one more
-        # column (`Source`, on PostgreSQL); then nothing is hashed here at all.
-        self._width = len(names)
-        self.input_digest = self._source_digest if source_digest else self._row_digest
+        # The database may digest the salt and the row's values itself (`Source`, on
+        # PostgreSQL); then `input_digest` is not called at all.
 
     def key(self, row: Sequence[Any]) -> str:
         return as_key(row[self.id_index])
 
-    def _row_digest(self, row: Sequence[Any]) -> bytes:
+    def input_digest(self, row: Sequence[Any]) -> bytes:
         """Digest of the values read and of everything that shapes the mapping."""
         # repr, not pickle: pickle's output depends on object identity, repr only on values.
-        data = repr(tuple(row[:self._width])).encode("utf-8", "surrogatepass")
+        data = repr(tuple(row)).encode("utf-8", "surrogatepass")
         return hashlib.blake2b(data, digest_size=16, key=self._key).digest()
-
-    def _source_digest(self, row: Sequence[Any]) -> int:
-        digest: int = row[self._width]
-        return digest
 
     def map(self, row: Sequence[Any]) -> MappedContact:
         """The contact for a row; raises `Rejected` with the field and the reason."""

@@ -6,9 +6,10 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from connector import config
+from connector import checks, config
+from connector.cursor import resolve_lookback
 from connector.errors import ConnectorError, SourceError, StateError
-from connector.source import Source, default_lookback, lookback_fits
+from connector.source import Source
 from connector.state import State
 from connector.values import Position, now_utc, to_utc
 from connector.wiraya import Wiraya
@@ -46,7 +47,7 @@ def status(settings: config.Settings) -> list[dict[str, Any]]:
             kind = "contacts" if name in settings.contacts else "events"
             watermark = state.watermark(name) if state else None
             runs = state.runs(name, 1) if state else []
-            last = runs[0].__dict__ if runs else None
+            last = runs[0].summary() if runs else None
             delivered = state.count("contacts" if kind == "contacts" else "ledger",
                                     name) if state else 0
             rows.append({
@@ -90,7 +91,8 @@ async def check(settings: config.Settings) -> list[tuple[str, str]]:
         else:
             findings.append(("ok", f"database: {version} at {settings.source.display_url}"))
             findings += _check_streams(settings, source)
-            findings += _check_guard(source)
+            findings += checks.standby(settings, source) or _check_guard(source)
+            findings += checks.timezone(settings, source)
     finally:
         source.close()
     try:
@@ -106,6 +108,8 @@ async def check(settings: config.Settings) -> list[tuple[str, str]]:
         findings.append(("ok", f"Wiraya: logged in at {settings.wiraya.base_url}"))
     except ConnectorError as exc:
         findings.append(("fail", f"Wiraya: {exc}"))
+    else:
+        findings += await checks.api_access(settings.wiraya)
     return findings
 
 
@@ -121,13 +125,10 @@ def _check_streams(settings: config.Settings, source: Source) -> list[tuple[str,
             continue
         findings.append(("ok", f"{place}: {stream.table} ({'view' if bound.is_view else 'table'})"
                                f", id {stream.id}, cursor {stream.cursor} ({bound.cursor_kind})"))
-        lookback = stream.lookback if stream.lookback is not None \
-            else default_lookback(bound.cursor_kind)
-        if not lookback_fits(bound.cursor_kind, lookback):
-            findings.append(("fail", f"{place}.lookback: a {bound.cursor_kind} cursor takes "
-                                     + ("a count of values (lookback: 1000)"
-                                        if isinstance(lookback, timedelta)
-                                        else "a duration (lookback: 10m)")))
+        try:
+            resolve_lookback(place, stream.cursor, bound.cursor_kind, stream.lookback)
+        except SourceError as exc:
+            findings.append(("fail", str(exc)))
         if bound.is_view:
             findings.append(("warn", f"{place}: {stream.table} is a view; make sure the "
                                      f"table under it has an index on {stream.cursor}"))

@@ -9,13 +9,12 @@ import asyncio
 import signal
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
 
 from connector import config, logs
 from connector.errors import ConfigError
 from connector.source import Source
 from connector.state import State
-from connector.sync import Context, Report, StopFlag, run_pass
+from connector.sync import Context, How, Report, StopFlag, run_pass
 from connector.wiraya import Wiraya
 
 
@@ -27,7 +26,8 @@ async def opened(settings: config.Settings, dry_run: bool = False,
         logs.register_secret(secret)
     source = Source(settings.source)
     try:
-        state = State.open(settings.state)
+        # A dry run never creates nor writes the state file.
+        state = State.for_dry_run(settings.state) if dry_run else State.open(settings.state)
         try:
             api = None if dry_run else Wiraya(settings.wiraya)
             try:
@@ -55,13 +55,13 @@ def pick_streams(settings: config.Settings, names: Sequence[str]) -> list[str]:
     return [name for name in [*settings.contacts, *settings.events] if name in wanted]
 
 
-async def run_streams(ctx: Context, names: Sequence[str], kind: str = "live",
-                      **options: Any) -> list[Report]:
+async def run_streams(ctx: Context, names: Sequence[str], how: How | None = None
+                      ) -> list[Report]:
     reports = []
     for name in names:
         if ctx.stop.is_set():
             break
-        reports.append(await run_pass(ctx, name, kind, **options))
+        reports.append(await run_pass(ctx, name, how))
     return reports
 
 

@@ -10,16 +10,16 @@ from __future__ import annotations
 import difflib
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import date, datetime, timedelta
-from decimal import Decimal
-from typing import Any
+from dataclasses import dataclass, replace
+from datetime import date, datetime
+from typing import Any, NamedTuple, cast
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, Row
 
 from connector import config
+from connector.cursor import CursorKind, comparable
 from connector.errors import SourceError
 from connector.values import Position
 
@@ -38,18 +38,67 @@ class BoundStream:
     names: tuple[str, ...]
     cursor: sa.ColumnElement[Any]
     id: sa.ColumnElement[Any]
-    cursor_kind: str
+    cursor_kind: CursorKind
     cursor_nullable: bool
     id_nullable: bool
     id_is_integer: bool
     is_view: bool
-    # When set (PostgreSQL), each row read carries one more column: the md5 of this salt and
-    # the row's values, computed by the server, on its own core.
+    # When set (PostgreSQL), the server digests each row read, seeded with this salt: pages
+    # are then read narrow, and full rows come with their digests (`Rows.digests`).
     digest_salt: str | None = None
 
+    @property
+    def cursor_index(self) -> int:
+        return self.names.index(self.cursor.name)
 
-class Source:
-    """The customer database."""
+    @property
+    def id_index(self) -> int:
+        return self.names.index(self.id.name)
+
+    def cursor_of(self, row: Sequence[Any]) -> Any:
+        return row[self.cursor_index]
+
+    def id_of(self, row: Sequence[Any]) -> Any:
+        return row[self.id_index]
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Full rows in the stream's column order; with the server's digest of each row when
+    the stream is read narrow (`BoundStream.digest_salt`)."""
+
+    rows: Sequence[Sequence[Any]]
+    digests: Sequence[int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def part(self, start: int, stop: int) -> Rows:
+        return Rows(self.rows[start:stop],
+                    None if self.digests is None else self.digests[start:stop])
+
+
+class Narrow(NamedTuple):
+    """One row of a narrow page: its id, the id as text when the server made it (integer
+    ids), and the server's digest of the row."""
+
+    id: Any
+    text: str | None
+    digest: int
+
+
+@dataclass(frozen=True)
+class Page:
+    """One keyset page: full rows, or (narrow) ids and digests only; `last` is where it ends."""
+
+    last: Position
+    size: int
+    full: Rows | None = None
+    narrow: Sequence[Narrow] | None = None
+
+
+class _Server:
+    """The customer database's server: connections, its clock, its open transactions."""
 
     def __init__(self, settings: config.Source) -> None:
         self.settings = settings
@@ -74,6 +123,68 @@ class Source:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    # -- the open-transaction guard (PostgreSQL) ------------------------------------------
+
+    def oldest_open_transaction(self) -> datetime | None:
+        """When the oldest other open transaction on this database began, if any is visible.
+
+        A row written by that transaction may carry a cursor value from its start and
+        become visible only when it commits: the read must start no later than that.
+        """
+        if self.dialect != "postgresql":
+            return None
+        query = sa.text(
+            "SELECT min(xact_start) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND xact_start IS NOT NULL AND backend_type = 'client backend' "
+            "AND coalesce(application_name, '') <> :ours")
+        try:
+            with self.engine.connect() as conn:
+                value = conn.execute(query, {"ours": APPLICATION_NAME}).scalar()
+        except sa.exc.SQLAlchemyError as exc:
+            raise SourceError(f"reading pg_stat_activity failed: {describe(exc)}") from None
+        return value if isinstance(value, datetime) else None
+
+    def guard_visibility(self) -> str:
+        """'all' when the role sees every session's transactions, 'own' when only its own."""
+        if self.dialect != "postgresql":
+            return "none"
+        query = sa.text(
+            "SELECT rolsuper OR pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') "
+            "FROM pg_roles WHERE rolname = current_user")
+        try:
+            with self.engine.connect() as conn:
+                return "all" if conn.execute(query).scalar() else "own"
+        except sa.exc.SQLAlchemyError as exc:
+            raise SourceError(f"checking the role's rights failed: {describe(exc)}") from None
+
+    def now(self) -> datetime:
+        """The database's clock (PostgreSQL), else this machine's, as an aware time."""
+        if self.dialect == "postgresql":
+            try:
+                with self.engine.connect() as conn:
+                    value = conn.execute(sa.text("SELECT clock_timestamp()")).scalar()
+            except sa.exc.SQLAlchemyError as exc:
+                raise SourceError(f"the database did not answer: {describe(exc)}") from None
+            assert isinstance(value, datetime)
+            return value
+        return datetime.now(self.settings.zone)
+
+    def ping(self) -> str:
+        """Connect and ask for the server version; raises SourceError with a clear line."""
+        try:
+            with self.engine.connect() as conn:
+                if self.dialect == "postgresql":
+                    return str(conn.execute(sa.text("SHOW server_version")).scalar())
+                return "SQLite " + str(conn.execute(sa.text("SELECT sqlite_version()")).scalar())
+        except sa.exc.SQLAlchemyError as exc:
+            raise SourceError(f"cannot reach the database at {self.settings.display_url}: "
+                              f"{describe(exc)}") from None
+
+
+class Source(_Server):
+    """The customer database: a stream's table described and read."""
 
     # -- describing a stream's table ------------------------------------------------------
 
@@ -116,11 +227,15 @@ class Source:
             name=name, table=table,
             columns=tuple(table.c[column] for column in stream.columns()),
             names=tuple(stream.columns()), cursor=cursor, id=id_column,
-            cursor_kind=kind, cursor_nullable=bool(cursor.nullable),
+            cursor_kind=cast(CursorKind, kind), cursor_nullable=bool(cursor.nullable),
             id_nullable=bool(id_column.nullable),
             id_is_integer=isinstance(id_column.type, sa.Integer), is_view=is_view)
         self._bound[name] = bound
         return bound
+
+    def narrowed(self, bound: BoundStream, salt: str) -> BoundStream:
+        """The stream read narrow where the server can digest rows (PostgreSQL), else as is."""
+        return replace(bound, digest_salt=salt) if self.dialect == "postgresql" else bound
 
     def cursor_indexed(self, bound: BoundStream) -> bool:
         """Whether an index starts with the cursor column (a view: never known)."""
@@ -137,14 +252,32 @@ class Source:
 
     # -- reading --------------------------------------------------------------------------
 
+    def read_page(self, bound: BoundStream, limit: int, after: Position | None = None,
+                  floor: Any = None, until: Any = None) -> Page | None:
+        """The next page in `(cursor, id)` order (None: no more rows); narrow when the
+        stream has a digest salt, full otherwise. Bounds as for `page`."""
+        if bound.digest_salt is not None:
+            rows: Sequence[Sequence[Any]] = self.digest_page(bound, limit, after, floor, until)
+            if not rows:
+                return None
+            cursor, id_ = rows[-1][0], rows[-1][1]
+            return Page(Position(comparable(bound.cursor_kind, cursor), id_), len(rows),
+                        narrow=[Narrow(row[1], row[2], row[3]) for row in rows])
+        full = self.page(bound, limit, after, floor, until)
+        if not full:
+            return None
+        last = full[-1]
+        return Page(Position(comparable(bound.cursor_kind, bound.cursor_of(last)),
+                             bound.id_of(last)), len(full), full=Rows(full))
+
     def page(self, bound: BoundStream, limit: int, after: Position | None = None,
              floor: Any = None, until: Any = None) -> list[Row[Any]]:
-        """The next `limit` rows in `(cursor, id)` order.
+        """The next `limit` full rows in `(cursor, id)` order (no digest column).
 
         `after` is exclusive (keyset); `floor` is an inclusive cursor bound (the lookback
         start); `until` an exclusive upper cursor bound (backfill ranges).
         """
-        query = self._keyset(self._select(bound), bound, after, floor, until)
+        query = self._keyset(sa.select(*bound.columns), bound, after, floor, until)
         return self._all(bound, query.limit(limit))
 
     def digest_page(self, bound: BoundStream, limit: int, after: Position | None = None,
@@ -173,21 +306,21 @@ class Source:
             query = query.where(cursor < self.coerce(bound, until))
         return query.order_by(cursor, id_)
 
-    def rows_by_id(self, bound: BoundStream, keys: Sequence[str]) -> list[Row[Any]]:
+    def rows_by_id(self, bound: BoundStream, keys: Sequence[str]) -> Rows:
         """Rows whose id is one of `keys` (ids as text), in `(cursor, id)` order."""
         values = [self._id_value(bound, key) for key in keys]
         values = [value for value in values if value is not None]
         if not values:
-            return []
+            return self._rows(bound, [])
         rows: list[Row[Any]] = []
         for start in range(0, len(values), 1000):
             query = (self._select(bound)
                      .where(bound.id.in_(values[start:start + 1000]))
                      .order_by(bound.cursor, bound.id))
             rows.extend(self._all(bound, query))
-        return rows
+        return self._rows(bound, rows)
 
-    def rows_without_key(self, bound: BoundStream, floor: Any, limit: int) -> list[Row[Any]]:
+    def rows_without_key(self, bound: BoundStream, floor: Any, limit: int) -> Rows:
         """Rows that a keyset walk cannot reach: a NULL id (from `floor` on) or a NULL cursor."""
         conditions: list[sa.ColumnElement[bool]] = []
         if bound.id_nullable:
@@ -198,14 +331,21 @@ class Source:
         if bound.cursor_nullable:
             conditions.append(bound.cursor.is_(None))
         if not conditions:
-            return []
+            return self._rows(bound, [])
         query = self._select(bound).where(sa.or_(*conditions)).limit(limit)
-        return self._all(bound, query)
+        return self._rows(bound, self._all(bound, query))
 
-    def rows_at_cursor(self, bound: BoundStream, cursor: Any) -> list[Row[Any]]:
+    def rows_at_cursor(self, bound: BoundStream, cursor: Any) -> Rows:
         """Rows at one cursor value (to find again a row that had no id)."""
         query = self._select(bound).where(bound.cursor == self.coerce(bound, cursor))
-        return self._all(bound, query.limit(10_000))
+        return self._rows(bound, self._all(bound, query.limit(10_000)))
+
+    @staticmethod
+    def _rows(bound: BoundStream, rows: Sequence[Row[Any]]) -> Rows:
+        """Full rows, the server's digest (the last column, when asked for) set apart."""
+        if bound.digest_salt is None:
+            return Rows(rows)
+        return Rows([row[:-1] for row in rows], [row[-1] for row in rows])
 
     def highest_cursor(self, bound: BoundStream) -> Any:
         """The highest cursor value visible now (an index lookup with a cursor index)."""
@@ -269,64 +409,6 @@ class Source:
             return value.date()
         return value
 
-    # -- the open-transaction guard (PostgreSQL) ------------------------------------------
-
-    def oldest_open_transaction(self) -> datetime | None:
-        """When the oldest other open transaction on this database began, if any is visible.
-
-        A row written by that transaction may carry a cursor value from its start and
-        become visible only when it commits: the read must start no later than that.
-        """
-        if self.dialect != "postgresql":
-            return None
-        query = sa.text(
-            "SELECT min(xact_start) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid() "
-            "AND xact_start IS NOT NULL AND backend_type = 'client backend' "
-            "AND coalesce(application_name, '') <> :ours")
-        try:
-            with self.engine.connect() as conn:
-                value = conn.execute(query, {"ours": APPLICATION_NAME}).scalar()
-        except sa.exc.SQLAlchemyError as exc:
-            raise SourceError(f"reading pg_stat_activity failed: {describe(exc)}") from None
-        return value if isinstance(value, datetime) else None
-
-    def guard_visibility(self) -> str:
-        """'all' when the role sees every session's transactions, 'own' when only its own."""
-        if self.dialect != "postgresql":
-            return "none"
-        query = sa.text(
-            "SELECT rolsuper OR pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') "
-            "FROM pg_roles WHERE rolname = current_user")
-        try:
-            with self.engine.connect() as conn:
-                return "all" if conn.execute(query).scalar() else "own"
-        except sa.exc.SQLAlchemyError as exc:
-            raise SourceError(f"checking the role's rights failed: {describe(exc)}") from None
-
-    def now(self) -> datetime:
-        """The database's clock (PostgreSQL), else this machine's, as an aware time."""
-        if self.dialect == "postgresql":
-            try:
-                with self.engine.connect() as conn:
-                    value = conn.execute(sa.text("SELECT clock_timestamp()")).scalar()
-            except sa.exc.SQLAlchemyError as exc:
-                raise SourceError(f"the database did not answer: {describe(exc)}") from None
-            assert isinstance(value, datetime)
-            return value
-        return datetime.now(self.settings.zone)
-
-    def ping(self) -> str:
-        """Connect and ask for the server version; raises SourceError with a clear line."""
-        try:
-            with self.engine.connect() as conn:
-                if self.dialect == "postgresql":
-                    return str(conn.execute(sa.text("SHOW server_version")).scalar())
-                return "SQLite " + str(conn.execute(sa.text("SELECT sqlite_version()")).scalar())
-        except sa.exc.SQLAlchemyError as exc:
-            raise SourceError(f"cannot reach the database at {self.settings.display_url}: "
-                              f"{describe(exc)}") from None
-
 
 def cursor_kind(column_type: sa.types.TypeEngine[Any]) -> str | None:
     if isinstance(column_type, sa.DateTime):
@@ -338,24 +420,6 @@ def cursor_kind(column_type: sa.types.TypeEngine[Any]) -> str | None:
     if isinstance(column_type, sa.Numeric) and not isinstance(column_type, sa.Float):
         return "number"
     return None
-
-
-def default_lookback(kind: str) -> timedelta | int:
-    return 1000 if kind in {"integer", "number"} else timedelta(minutes=10)
-
-
-def lookback_fits(kind: str, lookback: timedelta | int) -> bool:
-    """A time cursor takes a duration; an integer cursor a count of values."""
-    return isinstance(lookback, timedelta) == (kind not in {"integer", "number"})
-
-
-def comparable_cursor(kind: str, value: Any) -> Any:
-    """A cursor value as the keyset compares it (integers from Decimal, dates as dates)."""
-    if kind == "integer" and isinstance(value, Decimal):
-        return int(value)
-    if kind == "date" and isinstance(value, datetime):
-        return value.date()
-    return value
 
 
 def describe(exc: BaseException) -> str:
@@ -372,4 +436,4 @@ def _sqlite_read_only(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.execute("PRAGMA query_only = ON")
 
 
-__all__ = ["BoundStream", "Source", "date"]
+__all__ = ["BoundStream", "Narrow", "Page", "Rows", "Source", "date"]

@@ -23,10 +23,10 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, Self
 
 from connector.errors import StateError, StateLockedError
-from connector.values import Digest, Position
+from connector.values import Counts, Digest, HeldState, Outcome, PassKind, Position
 
 MIGRATIONS: list[str] = [
     # 1: the first schema.
@@ -107,6 +107,10 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (stream, range_key)
     );
     """,
+    # 2: a run's counts kept whole, as JSON (the columns above stay for older readers).
+    """
+    ALTER TABLE runs ADD COLUMN counts TEXT;
+    """,
 ]
 
 RUNS_KEPT = 500  # per stream; the history stays bounded
@@ -132,7 +136,7 @@ class Held:
 
     stream: str
     row_key: str
-    state: str  # "dead" or "waiting"
+    state: HeldState
     reason: str
     retriable: bool = False
     attempts: int = 1
@@ -143,14 +147,45 @@ class Held:
     last_seen: str = ""
 
 
+class Delivered(NamedTuple):
+    """A contact as last delivered: the digest of its source values (None until its links
+    and events are done too) and of the payload Wiraya accepted."""
+
+    key: str
+    input_digest: Digest | None
+    payload_digest: bytes
+
+
+class LinkKey(NamedTuple):
+    """A contact's link to a campaign; `iteration` is '' when the link has none."""
+
+    contact_id: str
+    campaign: str
+    iteration: str
+
+
+class FlagState(NamedTuple):
+    """Whether a column-defined event's condition holds for a contact."""
+
+    contact_id: str
+    event: str
+    active: bool
+
+
+class BackfillProgress(NamedTuple):
+    position: Position | None
+    done: bool
+    rows: int
+
+
 @dataclass
 class Commit:
     """Everything one page produced, written in one transaction."""
 
     watermark: Position | None = None
-    contacts: list[tuple[str, Digest | None, bytes]] = field(default_factory=list)
-    links: list[tuple[str, str, str]] = field(default_factory=list)
-    flags: list[tuple[str, str, bool]] = field(default_factory=list)
+    contacts: list[Delivered] = field(default_factory=list)
+    links: list[LinkKey] = field(default_factory=list)
+    flags: list[FlagState] = field(default_factory=list)
     ledger: list[str] = field(default_factory=list)
     held: list[Held] = field(default_factory=list)
     cleared: list[str] = field(default_factory=list)
@@ -160,20 +195,22 @@ class Commit:
 class Run:
     id: int
     stream: str
-    kind: str
+    kind: PassKind
     started_at: str
     finished_at: str | None
-    outcome: str
-    read: int
-    sent: int
-    skipped: int
-    dead: int
-    waiting: int
+    outcome: Outcome
     error: str | None
+    counts: Counts
+
+    def summary(self) -> dict[str, Any]:
+        """The run as plain data (for `status --json`): its fields and its counts."""
+        return {"id": self.id, "stream": self.stream, "kind": self.kind,
+                "started_at": self.started_at, "finished_at": self.finished_at,
+                "outcome": self.outcome, **self.counts.as_dict(), "error": self.error}
 
 
-class State:
-    """The state file. Use from one thread; other processes may share the file (WAL)."""
+class _File:
+    """The SQLite file itself: opening, migrations, write transactions."""
 
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self._conn = conn
@@ -182,7 +219,7 @@ class State:
     # -- opening ----------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: Path, create: bool = True, timeout: float = 30.0) -> State:
+    def open(cls, path: Path, create: bool = True, timeout: float = 30.0) -> Self:
         path = Path(path)
         if not path.exists():
             if not create:
@@ -207,10 +244,36 @@ class State:
                              "resends every contact) or restore a backup") from None
         return state
 
+    @classmethod
+    def for_dry_run(cls, path: Path, timeout: float = 30.0) -> Self:
+        """The state as a dry run sees it, never created nor written: the file opened
+        read-only, or (no file yet, or one of an older schema) a copy in memory."""
+        path = Path(path)
+        memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        if not path.exists():
+            state = cls(memory, path)
+            state._migrate()
+            return state
+        try:
+            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
+                                   isolation_level=None, timeout=timeout,
+                                   check_same_thread=False)
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version == len(MIGRATIONS):
+                memory.close()
+                return cls(conn, path)
+            conn.backup(memory)
+            conn.close()
+            state = cls(memory, path)
+            state._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"cannot read state file {path}: {exc}") from None
+        return state
+
     def close(self) -> None:
         self._conn.close()
 
-    def __enter__(self) -> State:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -252,6 +315,12 @@ class State:
         except sqlite3.Error as exc:
             raise StateError(f"cannot write state file {self.path}: {exc}") from None
 
+
+
+class _Memory(_File):
+    """What the state file knows: watermarks, delivered contacts, links, flags, the event
+    ledger and the held rows."""
+
     # -- watermarks -------------------------------------------------------------------
 
     def watermark(self, stream: str) -> Position | None:
@@ -285,15 +354,14 @@ class State:
 
     # -- lookups for one page -----------------------------------------------------------
 
-    def known_contacts(self, stream: str, keys: Sequence[str]
-                       ) -> dict[str, tuple[Digest | None, bytes]]:
-        """`{contact id: (input digest, payload digest)}` for the contacts on record."""
-        found: dict[str, tuple[Digest | None, bytes]] = {}
+    def known_contacts(self, stream: str, keys: Sequence[str]) -> dict[str, Delivered]:
+        """The contacts on record among `keys`, by contact id."""
+        found: dict[str, Delivered] = {}
         for part in _chunks(keys):
             rows = self._conn.execute(
                 "SELECT contact_id, input_digest, payload_digest FROM contacts "
                 f"WHERE stream = ? AND contact_id IN ({_marks(part)})", (stream, *part))
-            found.update((key, (input_digest, payload)) for key, input_digest, payload in rows)
+            found.update((row[0], Delivered(*row)) for row in rows)
         return found
 
     def changed_contacts(self, stream: str, digests: dict[str, int]) -> list[str]:
@@ -325,13 +393,13 @@ class State:
             found.update(row[0] for row in rows)
         return found
 
-    def known_links(self, contact_ids: Sequence[str]) -> set[tuple[str, str, str]]:
-        found: set[tuple[str, str, str]] = set()
+    def known_links(self, contact_ids: Sequence[str]) -> set[LinkKey]:
+        found: set[LinkKey] = set()
         for part in _chunks(contact_ids):
             rows = self._conn.execute(
                 "SELECT contact_id, campaign, iteration FROM links "
                 f"WHERE contact_id IN ({_marks(part)})", tuple(part))
-            found.update((a, b, c) for a, b, c in rows)
+            found.update(LinkKey(*row) for row in rows)
         return found
 
     def known_flags(self, stream: str, contact_ids: Sequence[str]) -> dict[tuple[str, str], bool]:
@@ -354,7 +422,7 @@ class State:
         return found
 
     def held(self, stream: str, keys: Sequence[str] | None = None,
-             state: str | None = None, limit: int | None = None) -> list[Held]:
+             state: HeldState | None = None, limit: int | None = None) -> list[Held]:
         """Held rows of a stream: all of them, or those with the given keys."""
         sql = "SELECT * FROM held WHERE stream = ?"
         args: list[Any] = [stream]
@@ -394,11 +462,82 @@ class State:
                 db.execute(f"UPDATE held SET last_seen = ? WHERE stream = ? "
                            f"AND row_key IN ({_marks(part)})", (now, stream, *part))
 
+    def has_held(self, stream: str) -> bool:
+        return self._conn.execute("SELECT 1 FROM held WHERE stream = ? LIMIT 1",
+                                  (stream,)).fetchone() is not None
+
     def held_counts(self) -> dict[tuple[str, str], int]:
         rows = self._conn.execute("SELECT stream, state, count(*) FROM held GROUP BY 1, 2")
         return {(stream, state): count for stream, state, count in rows}
 
-    # -- writing one page -----------------------------------------------------------------
+
+
+class _History(_File):
+    """Runs and backfills: what happened, and how far a backfill got."""
+
+
+    # -- runs -----------------------------------------------------------------------------
+
+    def start_run(self, stream: str, kind: PassKind) -> int:
+        with self._write() as db:
+            cursor = db.execute("INSERT INTO runs (stream, kind, started_at, outcome) "
+                                "VALUES (?, ?, ?, 'running')", (stream, kind, _now_text()))
+            return int(cursor.lastrowid or 0)
+
+    def finish_run(self, run_id: int, outcome: Outcome, counts: Counts,
+                   error: str | None = None) -> None:
+        with self._write() as db:
+            db.execute("UPDATE runs SET finished_at = ?, outcome = ?, read = ?, sent = ?, "
+                       "skipped = ?, dead = ?, waiting = ?, error = ?, counts = ? WHERE id = ?",
+                       (_now_text(), outcome, counts.read, counts.sent, counts.skipped,
+                        counts.dead, counts.waiting, error, json.dumps(counts.as_dict()),
+                        run_id))
+            db.execute("DELETE FROM runs WHERE stream = (SELECT stream FROM runs WHERE id = ?) "
+                       "AND id <= (SELECT id FROM runs r WHERE r.stream = "
+                       "(SELECT stream FROM runs WHERE id = ?) ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                       (run_id, run_id, RUNS_KEPT))
+
+    def runs(self, stream: str | None = None, limit: int = 10) -> list[Run]:
+        sql = ("SELECT id, stream, kind, started_at, finished_at, outcome, error, counts, "
+               "read, sent, skipped, dead, waiting FROM runs"
+               + (" WHERE stream = ?" if stream else ""))
+        sql += f" ORDER BY id DESC LIMIT {int(limit)}"
+        return [_run(row) for row in self._conn.execute(sql, (stream,) if stream else ())]
+
+    # -- backfills ------------------------------------------------------------------------
+
+    def backfill(self, stream: str, range_key: str) -> BackfillProgress | None:
+        row = self._conn.execute("SELECT position, done, rows FROM backfills "
+                                 "WHERE stream = ? AND range_key = ?",
+                                 (stream, range_key)).fetchone()
+        if row is None:
+            return None
+        return BackfillProgress(Position.from_json(row[0]) if row[0] else None, bool(row[1]),
+                                int(row[2]))
+
+    def save_backfill(self, stream: str, range_key: str, position: Position | None,
+                      rows: int, done: bool = False) -> None:
+        now = _now_text()
+        with self._write() as db:
+            db.execute("INSERT INTO backfills VALUES (?, ?, ?, ?, ?, ?, ?) "
+                       "ON CONFLICT (stream, range_key) DO UPDATE SET position = "
+                       "excluded.position, done = excluded.done, rows = excluded.rows, "
+                       "updated_at = excluded.updated_at",
+                       (stream, range_key, position.to_json() if position else None, int(done),
+                        rows, now, now))
+
+    # -- counts for status ------------------------------------------------------------------
+
+    def count(self, table: str, stream: str) -> int:
+        if table not in {"contacts", "ledger", "flags"}:
+            raise ValueError(table)
+        row = self._conn.execute(f"SELECT count(*) FROM {table} WHERE stream = ?",
+                                 (stream,)).fetchone()
+        return int(row[0])
+
+
+class State(_Memory, _History):
+    """The state file. Use from one thread; other processes may share the file (WAL)."""
 
     def commit(self, stream: str, page: Commit) -> None:
         """Write what a page produced in one transaction."""
@@ -413,7 +552,8 @@ class State:
                     "payload_digest = excluded.payload_digest, "
                     "delivered_at = CASE WHEN contacts.payload_digest = excluded.payload_digest "
                     "THEN contacts.delivered_at ELSE excluded.delivered_at END",
-                    [(stream, key, inp, pay, stamp) for key, inp, pay in page.contacts])
+                    [(stream, c.key, c.input_digest, c.payload_digest, stamp)
+                     for c in page.contacts])
             if page.links:
                 db.executemany("INSERT OR IGNORE INTO links VALUES (?, ?, ?, ?)",
                                [(*link, stamp) for link in page.links])
@@ -443,61 +583,6 @@ class State:
             if page.watermark is not None:
                 self._put_watermark(db, stream, page.watermark)
 
-    # -- runs -----------------------------------------------------------------------------
-
-    def start_run(self, stream: str, kind: str) -> int:
-        with self._write() as db:
-            cursor = db.execute("INSERT INTO runs (stream, kind, started_at, outcome) "
-                                "VALUES (?, ?, ?, 'running')", (stream, kind, _now_text()))
-            return int(cursor.lastrowid or 0)
-
-    def finish_run(self, run_id: int, outcome: str, counts: dict[str, int],
-                   error: str | None = None) -> None:
-        with self._write() as db:
-            db.execute("UPDATE runs SET finished_at = ?, outcome = ?, read = ?, sent = ?, "
-                       "skipped = ?, dead = ?, waiting = ?, error = ? WHERE id = ?",
-                       (_now_text(), outcome, counts.get("read", 0), counts.get("sent", 0),
-                        counts.get("skipped", 0), counts.get("dead", 0),
-                        counts.get("waiting", 0), error, run_id))
-            db.execute("DELETE FROM runs WHERE stream = (SELECT stream FROM runs WHERE id = ?) "
-                       "AND id <= (SELECT id FROM runs r WHERE r.stream = "
-                       "(SELECT stream FROM runs WHERE id = ?) ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                       (run_id, run_id, RUNS_KEPT))
-
-    def runs(self, stream: str | None = None, limit: int = 10) -> list[Run]:
-        sql = "SELECT * FROM runs" + (" WHERE stream = ?" if stream else "")
-        sql += f" ORDER BY id DESC LIMIT {int(limit)}"
-        return [Run(*row) for row in self._conn.execute(sql, (stream,) if stream else ())]
-
-    # -- backfills ------------------------------------------------------------------------
-
-    def backfill(self, stream: str, range_key: str) -> tuple[Position | None, bool, int] | None:
-        row = self._conn.execute("SELECT position, done, rows FROM backfills "
-                                 "WHERE stream = ? AND range_key = ?",
-                                 (stream, range_key)).fetchone()
-        if row is None:
-            return None
-        return (Position.from_json(row[0]) if row[0] else None, bool(row[1]), int(row[2]))
-
-    def save_backfill(self, stream: str, range_key: str, position: Position | None,
-                      rows: int, done: bool = False) -> None:
-        now = _now_text()
-        with self._write() as db:
-            db.execute("INSERT INTO backfills VALUES (?, ?, ?, ?, ?, ?, ?) "
-                       "ON CONFLICT (stream, range_key) DO UPDATE SET position = "
-                       "excluded.position, done = excluded.done, rows = excluded.rows, "
-                       "updated_at = excluded.updated_at",
-                       (stream, range_key, position.to_json() if position else None, int(done),
-                        rows, now, now))
-
-    # -- counts for status ------------------------------------------------------------------
-
-    def count(self, table: str, stream: str) -> int:
-        if table not in {"contacts", "ledger", "flags"}:
-            raise ValueError(table)
-        row = self._conn.execute(f"SELECT count(*) FROM {table} WHERE stream = ?",
-                                 (stream,)).fetchone()
-        return int(row[0])
 
     # -- forgetting one stream (connector state reset) --------------------------------------
 
@@ -526,6 +611,16 @@ class State:
             db.execute("DELETE FROM streams WHERE name = ?", (stream,))
             for table in tables:
                 db.execute(f"DELETE FROM {table} WHERE stream = ?", (stream,))
+
+
+def _run(row: tuple[Any, ...]) -> Run:
+    (id_, stream, kind, started_at, finished_at, outcome, error, counts, read, sent, skipped,
+     dead, waiting) = row
+    if counts:
+        whole = Counts.from_dict(json.loads(counts))
+    else:  # a run recorded before the counts were kept whole
+        whole = Counts(read=read, sent=sent, skipped=skipped, dead=dead, waiting=waiting)
+    return Run(id_, stream, kind, started_at, finished_at, outcome, error, whole)
 
 
 def _held(row: sqlite3.Row | tuple[Any, ...]) -> Held:

@@ -8,14 +8,59 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta, tzinfo
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, date, datetime, tzinfo
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
+
+from connector import localtime
 
 # A digest of a row's values: bytes when the connector computes it, an integer when the
 # database does (`Source._digest`); either is only ever compared for equality.
 Digest = bytes | int
+
+# The words that cross module lines and reach the state file; nothing else is valid.
+PassKind = Literal["live", "backfill", "retry", "release"]
+Outcome = Literal["running", "ok", "failed", "stopped"]
+HeldState = Literal["dead", "waiting"]
+
+
+@dataclass
+class Counts:
+    """What one pass did, row by row; the state file keeps a run's counts whole."""
+
+    read: int = 0
+    sent: int = 0
+    skipped: int = 0
+    linked: int = 0
+    events: int = 0
+    released: int = 0
+    waiting: int = 0
+    dead: int = 0
+    repeated: int = 0
+    resolved: int = 0
+
+    def __getitem__(self, name: str) -> int:
+        """`counts["sent"]`: for callers that pick counts by name (tables, metrics)."""
+        if name not in _COUNT_NAMES:
+            raise KeyError(name)
+        value: int = getattr(self, name)
+        return value
+
+    def add(self, other: Counts) -> None:
+        for name in _COUNT_NAMES:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Counts:
+        """Counts stored by this or an older connector (unknown names are ignored)."""
+        return cls(**{name: int(data.get(name, 0)) for name in _COUNT_NAMES})
+
+
+_COUNT_NAMES = tuple(item.name for item in fields(Counts))
 
 
 @dataclass(frozen=True)
@@ -73,7 +118,7 @@ def decode(item: list[Any] | None) -> Any:
 def to_utc(value: datetime, zone: tzinfo) -> datetime:
     """An aware UTC time; a naive value is read in `zone` (the configured time zone)."""
     if value.tzinfo is None:
-        value = value.replace(tzinfo=zone)
+        return localtime.to_utc(value, zone)
     return value.astimezone(UTC)
 
 
@@ -90,20 +135,6 @@ def iso_z(value: datetime, zone: tzinfo) -> str:
 
 def now_utc() -> datetime:
     return datetime.now(UTC)
-
-
-def step_back(cursor: Any, lookback: timedelta | int) -> Any:
-    """The cursor `lookback` before `cursor`: a duration for times, a count for integers."""
-    if isinstance(cursor, datetime | date):
-        if isinstance(lookback, int):
-            lookback = timedelta(seconds=lookback)
-        if isinstance(cursor, datetime):
-            return cursor - lookback
-        return cursor - timedelta(days=-(-lookback // timedelta(days=1)))
-    if isinstance(cursor, int | Decimal | float) and not isinstance(cursor, bool):
-        rows = lookback if isinstance(lookback, int) else 0
-        return cursor - rows
-    return cursor
 
 
 def short(value: Any, limit: int = 80) -> str:

@@ -20,7 +20,7 @@ import yaml
 
 from connector import config, session
 from connector.sandbox import Sandbox
-from connector.sync import Report
+from connector.sync import How, Report
 from tests.pgserver import PgServer
 
 API_KEY = "test-api-key-7f3a9c"
@@ -140,15 +140,14 @@ def write_config(tmp_path: Path, api: Sandbox, db: Database) -> Any:
     return write
 
 
-def run_passes(path: Path, *streams: str, kind: str = "live", dry_run: bool = False,
-               **options: Any) -> dict[str, Report]:
+def run_passes(path: Path, *streams: str, how: How | None = None,
+               dry_run: bool = False) -> dict[str, Report]:
     """Run one pass of each stream in the process, as `connector sync` does."""
     settings = config.load(path)
 
     async def go() -> list[Report]:
         async with session.opened(settings, dry_run=dry_run) as ctx:
-            return await session.run_streams(ctx, session.pick_streams(settings, streams), kind,
-                                             **options)
+            return await session.run_streams(ctx, session.pick_streams(settings, streams), how)
 
     return {report.stream: report for report in asyncio.run(go())}
 

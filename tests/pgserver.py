@@ -3,6 +3,8 @@
 Started from the installed server binaries in a temporary folder, listening on 127.0.0.1
 only, with durability turned off (it is thrown away). As root, the server runs as an
 unprivileged user (`postgres` if it exists, else `nobody`), since PostgreSQL refuses root.
+`standby()` makes a hot standby of a running server with `pg_basebackup -R`; `timezone`
+sets the server's default `TimeZone`.
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import psycopg
+
+from tests.ports import free_port
 
 SUPERUSER = "postgres"
 SUPERUSER_PASSWORD = "pg-super-secret"
@@ -44,18 +47,13 @@ def find_bindir() -> Path:
                        "(Debian: apt-get install postgresql) or set PG_BINDIR")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class PgServer:
-    def __init__(self) -> None:
+    def __init__(self, timezone: str | None = None) -> None:
+        self.timezone = timezone
         self.bindir = find_bindir()
         self.root = Path(tempfile.mkdtemp(prefix="connector-pg-"))
         self.data = self.root / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self.user: str | None = None
         if os.geteuid() == 0:
             for name in ("postgres", "nobody"):
@@ -84,11 +82,50 @@ class PgServer:
         self._run("initdb", "-D", str(self.data), "-U", SUPERUSER, "--auth-local=trust",
                   "--auth-host=scram-sha-256", f"--pwfile={pwfile}",
                   "--encoding=UTF8", "--locale=C.UTF-8", "--no-sync")
+        self._launch()
+        return self
+
+    def standby(self) -> PgServer:
+        """A hot standby of this (running) server: `pg_basebackup -R`, then started.
+
+        `-R` writes `primary_conninfo` and `standby.signal`, so the copy starts in recovery
+        and streams from this server. Stop it with `cleanup()` before this one.
+        """
+        replica = PgServer(timezone=self.timezone)
+        conninfo = (f"host=127.0.0.1 port={self.port} user={SUPERUSER} "
+                    f"password={SUPERUSER_PASSWORD}")
+        replica._run("pg_basebackup", "-d", conninfo, "-D", str(replica.data), "-R",
+                     "-X", "stream", "-c", "fast", "--no-sync")
+        replica._launch()
+        return replica
+
+    def wait_for_replay(self, primary: PgServer, timeout: float = 30) -> None:
+        """Until this standby has replayed everything the primary has written so far."""
+        with psycopg.connect(primary.dsn("postgres"), autocommit=True) as conn:
+            target = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
+        deadline = time.monotonic() + timeout
+        with psycopg.connect(self.dsn("postgres"), autocommit=True) as conn:
+            while True:
+                done = conn.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn",
+                                    (target[0] if target else "0/0",)).fetchone()
+                if done and done[0]:
+                    return
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the standby on port {self.port} did not replay "
+                                       f"up to {target} in {timeout}s")
+                time.sleep(0.05)
+
+    def _options(self) -> str:
         options = (f"-c listen_addresses=127.0.0.1 -c port={self.port} "
                    f"-c unix_socket_directories={self.root} -c fsync=off "
                    "-c synchronous_commit=off -c full_page_writes=off "
                    "-c max_connections=200 -c shared_buffers=128MB")
-        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l",
+        if self.timezone:
+            options += f" -c TimeZone={self.timezone}"
+        return options
+
+    def _launch(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-o", self._options(), "-l",
                   str(self.root / "server.log"), "-w", "-t", "60", "start")
         deadline = time.monotonic() + 30
         while True:
@@ -99,7 +136,6 @@ class PgServer:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
-        return self
 
     def stop(self) -> None:
         with contextlib.suppress(RuntimeError):
@@ -110,9 +146,7 @@ class PgServer:
         self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def resume(self) -> None:
-        options = (f"-c listen_addresses=127.0.0.1 -c port={self.port} "
-                   f"-c unix_socket_directories={self.root} -c fsync=off")
-        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l",
+        self._run("pg_ctl", "-D", str(self.data), "-o", self._options(), "-l",
                   str(self.root / "server.log"), "-w", "-t", "60", "start")
 
     def cleanup(self) -> None:

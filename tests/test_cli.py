@@ -107,7 +107,7 @@ def test_check_reports_each_finding(db: Database, api: Sandbox, write_config) ->
     assert any(line.startswith("warn events.conversions: no index starts with created_at")
                for line in lines)
     assert "ok   open-transaction guard: active (the role sees every session)" in lines
-    assert lines[-2] == f"ok   Wiraya: logged in at {api.url}"
+    assert lines[-3] == f"ok   Wiraya: logged in at {api.url}"
     assert lines[-1] == "0 problem(s), 2 warning(s)"
     assert_no_secret(result.stdout, result.stderr)
 

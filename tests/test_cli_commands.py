@@ -273,8 +273,6 @@ def test_show_lists_links_and_events_too(db: Database, api: Sandbox, write_confi
         'event 1: {"at": "2026-01-02T03:04:05Z", "name": "Conversion", "schema": 1}'
 
 
-@pytest.mark.xfail(strict=True, reason="a dry run without a state file comes with the "
-                                       "refactor branch (session/sync); drop this mark then")
 def test_a_dry_run_writes_no_state_file(shop: Path, api: Sandbox,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     state = shop.parent / "state" / "connector.db"

@@ -3,8 +3,9 @@ its place, environment variables, and secrets that never show."""
 
 from __future__ import annotations
 
+import re
 import textwrap
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -152,45 +153,161 @@ def test_design_config_parses() -> None:
     assert settings.contact_streams_for(opt_outs) == ["customers"]
 
 
-def test_defaults() -> None:
-    settings = config.parse(dump(minimal(events={"orders": {
-        "table": "orders", "id": "order_id", "contact": "customer_id", "cursor": "created_at",
-    }})), env=ENV)
-    source, wiraya = settings.source, settings.wiraya
-    assert source.timezone == "UTC"
-    assert source.page_size == 5000
-    assert source.connect_timeout == timedelta(seconds=10)
-    assert source.statement_timeout == timedelta(minutes=5)
-    assert wiraya.base_url == "https://api.wiraya.ai"
-    assert wiraya.rate_limit == 50.0
-    assert wiraya.concurrency == 8
-    assert wiraya.bulk_size == 100
-    assert wiraya.timeout == timedelta(seconds=30)
-    assert wiraya.max_attempts == 6
-    assert wiraya.backoff == timedelta(seconds=0.5)
-    assert wiraya.backoff_max == timedelta(seconds=30)
-    assert wiraya.token_refresh_margin == timedelta(seconds=30)
-    assert settings.state == Path("state/connector.db")
-    assert settings.logging == config.Logging(format="text", level="info")
-    assert settings.metrics is None
+# ---------------------------------------------------------------------------
+# Defaults: the README's config reference is the promise. Each default it states is checked
+# against the model by behaviour (writing the default out changes nothing, a required key
+# left out is named), so a default changed without the README fails here.
 
+README = Path(__file__).resolve().parents[1] / "README.md"
+ORDERS = {"table": "orders", "id": "order_id", "contact": "customer_id", "cursor": "created_at"}
+
+
+def readme_config_rows() -> list[tuple[str, str]]:
+    """(dotted key, default cell) for each key in the README's "Config reference" table;
+    a row "`a.b` / `c`" with default "`x` / `y`" gives a.b -> `x` and a.c -> `y`."""
+    section = README.read_text(encoding="utf-8").split("## Config reference", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    rows: list[tuple[str, str]] = []
+    for line in section.splitlines():
+        if not line.startswith("| `"):
+            continue
+        key_cell, default_cell = (cell.strip() for cell in line.strip().strip("|").split("|")[:2])
+        keys = [part.strip().strip("`") for part in key_cell.split(" / ")]
+        defaults = default_cell.split(" / ")
+        if len(keys) == len(defaults) and all(re.fullmatch(r"[\w.]+", k) for k in keys):
+            parent = keys[0].rpartition(".")[0]
+            for i, (key, default) in enumerate(zip(keys, defaults, strict=True)):
+                rows.append((key if i == 0 else f"{parent}.{key}", default.strip()))
+        else:
+            rows.append((re.findall(r"`([^`]+)`", key_cell)[0], default_cell))
+    return rows
+
+
+README_ROWS = readme_config_rows()
+
+
+def document_with(key: str, value: Any) -> dict[str, Any]:
+    """The minimal document (with an event stream), with `key` set to `value`."""
+    document = minimal(events={"orders": dict(ORDERS)})
+    node = document
+    parts = key.replace(".NAME.", ".customers." if key.startswith("contacts") else ".orders.")
+    *path, last = parts.split(".")
+    for part in path:
+        node = node.setdefault(part, {})
+    node[last] = value
+    return document
+
+
+def document_without(key: str) -> dict[str, Any]:
+    document = minimal(events={"orders": dict(ORDERS)})
+    *path, last = key.replace(".NAME.", ".customers." if key.startswith("contacts")
+                              else ".orders.").split(".")
+    node = document
+    for part in path:
+        node = node[part]
+    del node[last]
+    return document
+
+
+def check_none(key: str, settings: config.Settings) -> None:
     customers = settings.contacts["customers"]
-    assert customers.lookback is None
-    assert customers.every == timedelta(minutes=1)
-    assert customers.page_size is None
-    assert settings.page_size(customers) == 5000
-    assert customers.general == {}
-    assert customers.links == []
-    assert str(customers.table) == "public.customers"
+    absent = {
+        "metrics.listen": lambda: settings.metrics is None,
+        "contacts.NAME.campaign": lambda: customers.links == [],
+        "contacts.NAME.events": lambda: customers.events == [],
+        "events.NAME.fields": lambda: settings.events["orders"].fields == {},
+    }
+    assert key in absent, f"README: {key} says none/off; tell this test how to see that"
+    assert absent[key](), key
 
+
+def check_the_cursor(key: str, settings: config.Settings) -> None:
+    assert key == "events.NAME.at"
+    from connector.mapping import EventMapper
+
+    explicit = config.parse(dump(document_with(key, "created_at")), env=ENV).events["orders"]
+    implicit = settings.events["orders"]
+    row = (7, datetime(2026, 3, 1, 12, 0, tzinfo=UTC), 42)  # order_id, created_at, customer_id
+    assert implicit.columns() == explicit.columns() == ["order_id", "created_at", "customer_id"]
+    mapped = EventMapper(implicit, implicit.columns(), UTC).map(row)
+    assert mapped == EventMapper(explicit, explicit.columns(), UTC).map(row)
+    assert mapped.body["at"] == "2026-03-01T12:00:00Z"
+
+
+def check_every_contact_stream(key: str, settings: config.Settings) -> None:
+    assert key == "events.NAME.contacts_stream"
+    document = document_with("contacts.leads", {**minimal()["contacts"]["customers"],
+                                                "table": "public.leads"})
+    two = config.parse(dump(document), env=ENV)
+    assert sorted(two.contact_streams_for(two.events["orders"])) == ["customers", "leads"]
+    assert settings.contact_streams_for(settings.events["orders"]) == ["customers"]
+
+
+def check_source_page_size(key: str, settings: config.Settings) -> None:
+    assert key == "contacts.NAME.page_size"
+    assert settings.page_size(settings.contacts["customers"]) == settings.source.page_size
+    bigger = config.parse(dump(document_with("source.page_size", 1234)), env=ENV)
+    assert bigger.page_size(bigger.contacts["customers"]) == 1234
+
+
+def check_lookback(key: str, settings: config.Settings) -> None:
+    from connector.cursor import default_lookback
+
+    assert key == "contacts.NAME.lookback"
+    time_default, integer_default = re.findall(r"`([^`]+)`", dict(README_ROWS)[key])
+    explicit = config.parse(dump(document_with(key, time_default)), env=ENV)
+    assert default_lookback("timestamp") == explicit.contacts["customers"].lookback
+    document = document_with(key, int(integer_default))
+    document["contacts"]["customers"]["cursor"] = "id"
+    explicit = config.parse(dump(document), env=ENV)
+    assert default_lookback("integer") == explicit.contacts["customers"].lookback
+    assert settings.contacts["customers"].lookback is None  # resolved by cursor kind
+
+
+SPECIAL = {
+    "none": check_none,
+    "off": check_none,
+    "the cursor": check_the_cursor,
+    "every contact stream": check_every_contact_stream,
+    "`source.page_size`": check_source_page_size,
+    "`10m` (integer cursor: `1000`)": check_lookback,
+}
+
+
+def test_readme_config_table_is_read() -> None:
+    keys = [key for key, _ in README_ROWS]
+    assert len(keys) == len(set(keys)) >= 30
+    assert ("source.connect_timeout", "`10s`") in README_ROWS
+    assert ("source.statement_timeout", "`5m`") in README_ROWS
+    assert ("logging.level", "`info`") in README_ROWS
+
+
+@pytest.mark.parametrize(("key", "default"), README_ROWS, ids=[k for k, _ in README_ROWS])
+def test_readme_default_is_the_model_default(key: str, default: str) -> None:
+    settings = config.parse(dump(minimal(events={"orders": dict(ORDERS)})), env=ENV)
+    if default in ("", "as for contacts") or default.startswith("a column name"):
+        return  # the row states no default of its own
+    if default == "required":
+        problems = problems_of(dump(document_without(key)))
+        place = key.replace(".NAME.", ".customers." if key.startswith("contacts")
+                            else ".orders.")
+        assert (place, "required; add it") in problems
+        return
+    if default in SPECIAL:
+        SPECIAL[default](key, settings)
+        return
+    literal = re.fullmatch(r"`([^`]+)`", default)
+    assert literal, f"README: default {default!r} of {key} is neither a value nor known here"
+    explicit = config.parse(dump(document_with(key, yaml.safe_load(literal[1]))), env=ENV)
+    assert explicit == settings, f"README says {key} defaults to {literal[1]}; the model differs"
+
+
+def test_a_minimal_config_names_the_streams_and_their_columns() -> None:
+    settings = config.parse(dump(minimal(events={"orders": dict(ORDERS)})), env=ENV)
+    customers = settings.contacts["customers"]
+    assert str(customers.table) == "public.customers"
     orders = settings.events["orders"]
-    assert orders.name == "Conversion"
-    assert orders.at is None
     assert orders.columns() == ["order_id", "created_at", "customer_id"]
-    assert orders.fields == {}
-    assert orders.wait_for_contact is True
-    assert orders.contacts_stream is None
-    assert settings.contact_streams_for(orders) == ["customers"]
 
 
 def test_settings_are_frozen() -> None:

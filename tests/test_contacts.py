@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import sqlite3
 import stat
 import time
+from typing import Any
 
 import psycopg
 import pytest
 import sqlalchemy as sa
 
-from connector import config
+from connector import config, session
 from connector.sandbox import Sandbox
 from connector.source import Source
+from connector.sync import Report, run_pass
 from tests.conftest import (
     API_KEY,
     CUSTOMERS,
@@ -251,7 +255,39 @@ def test_a_dry_run_sends_nothing_and_keeps_no_state(db: Database, api: Sandbox,
     report = run_passes(path, dry_run=True)["customers"]
     assert report.counts["sent"] == 25
     assert api.requests == []
+    assert not (path.parent / "state").exists()  # not even its folder
     assert run_passes(path)["customers"].counts["sent"] == 25
+
+
+def test_a_dry_run_shows_what_it_would_send_and_leaves_the_state_file_alone(
+        db: Database, api: Sandbox, write_config) -> None:
+    db.execute(CUSTOMERS)
+    add_customers(db, 1, 25)
+    path = write_config(contacts={"customers": customers_stream()})
+    run_passes(path)
+    db.execute("UPDATE customers SET city = 'Elsewhere', updated_at = now() "
+               "WHERE customer_id IN (3, 7)")
+    state_file = path.parent / "state" / "connector.db"
+    before = hashlib.sha256(state_file.read_bytes()).hexdigest()
+    heard: list[tuple[str, str, dict[str, Any]]] = []
+
+    async def dry_run() -> Report:
+        settings = config.load(path)
+        async with session.opened(settings, dry_run=True) as ctx:
+            ctx.on_send = lambda kind, key, body: heard.append((kind, key, body))
+            return await run_pass(ctx, "customers")
+
+    requests = len(api.requests)
+    report = asyncio.run(dry_run())
+    assert report.counts["sent"] == 2
+    assert sorted((kind, key, body["general"]["city"]) for kind, key, body in heard) == [
+        ("contact", "3", "Elsewhere"), ("contact", "7", "Elsewhere")]
+    assert len(api.requests) == requests
+    # Untouched: a reader of a WAL file may leave SQLite's side files, with nothing in them.
+    assert hashlib.sha256(state_file.read_bytes()).hexdigest() == before
+    wal = state_file.with_name("connector.db-wal")
+    assert not wal.exists() or wal.stat().st_size == 0
+    assert run_passes(path)["customers"].counts["sent"] == 2
 
 
 def test_reads_run_in_read_only_transactions(db: Database) -> None:

@@ -196,17 +196,69 @@ def test_property_what_was_delivered_is_not_sent_again(digest: bytes,
 
 
 @given(DIGEST, MEMORY)
-def test_property_must_map_unless_values_and_outcome_are_known(digest: bytes,
-                                                               memory: Memory | None) -> None:
-    result = must_map(digest, memory)
-    if memory is None:
-        assert result is True
-    elif memory.refused is not None:
-        # Refused before: mapped again unless these are the very values refused for good.
-        assert result is (memory.refused != digest or memory.refused_retriable)
-    else:
-        assert result is (memory.input_digest != digest)
+def test_property_rows_not_known_or_forced_are_always_mapped(digest: bytes,
+                                                             memory: Memory | None) -> None:
+    assert must_map(digest, None) is True
     assert must_map(digest, memory, force=True) is True
+
+
+@given(DIGEST, DIGEST)
+def test_property_a_delivered_row_with_the_same_values_is_never_mapped(
+        digest: bytes, delivered: bytes) -> None:
+    assert must_map(digest, Memory(input_digest=digest, delivered=delivered)) is False
+
+
+@given(DIGEST, MEMORY.filter(lambda m: m is not None))
+def test_property_new_values_are_always_mapped(digest: bytes, memory: Memory) -> None:
+    # Values that are neither the ones last read nor the ones refused: a changed row.
+    if digest in (memory.input_digest, memory.refused):
+        return
+    assert must_map(digest, memory) is True
+
+
+@given(DIGEST, MEMORY)
+def test_property_a_row_is_skipped_only_for_values_the_state_knows(
+        digest: bytes, memory: Memory | None) -> None:
+    # Skipping is safe only for the values last read, or values refused for good.
+    if must_map(digest, memory):
+        return
+    assert memory is not None
+    known_read = memory.input_digest == digest
+    refused_for_good = memory.refused == digest and not memory.refused_retriable
+    assert known_read or refused_for_good
+
+
+@given(DIGEST, DIGEST, st.one_of(st.none(), DIGEST))
+def test_property_a_retriable_refusal_is_mapped_again(digest: bytes, refused: bytes,
+                                                      delivered: bytes | None) -> None:
+    memory = Memory(input_digest=digest, delivered=delivered, refused=refused,
+                    refused_retriable=True)
+    assert must_map(digest, memory) is True
+
+
+@pytest.mark.parametrize(
+    ("memory", "force", "expected"),
+    [
+        pytest.param(None, False, True, id="never seen"),
+        pytest.param(Memory(input_digest=INPUT, delivered=SENT), False, False,
+                     id="delivered, unchanged"),
+        pytest.param(Memory(input_digest=INPUT, delivered=SENT), True, True,
+                     id="delivered, unchanged, forced"),
+        pytest.param(Memory(input_digest=OTHER_INPUT, delivered=SENT), False, True,
+                     id="delivered, changed since"),
+        pytest.param(Memory(input_digest=INPUT, delivered=None, refused=SENT), False, True,
+                     id="payload refused, values unchanged: the mapping may have changed"),
+        pytest.param(Memory(refused=INPUT), False, False, id="unmappable, unchanged"),
+        pytest.param(Memory(refused=INPUT, refused_retriable=True), False, True,
+                     id="unmappable, retriable"),
+        pytest.param(Memory(refused=OTHER_INPUT), False, True, id="unmappable, fixed since"),
+        pytest.param(Memory(refused=INPUT), True, True, id="unmappable, dead-letters retry"),
+        pytest.param(Memory(input_digest=INPUT, delivered=SENT, refused=OTHER_INPUT), False,
+                     True, id="delivered, then other values refused"),
+    ],
+)
+def test_must_map_examples(memory: Memory | None, force: bool, expected: bool) -> None:
+    assert must_map(INPUT, memory, force=force) is expected
 
 
 # ---------------------------------------------------------------------------

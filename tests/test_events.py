@@ -9,6 +9,7 @@ from collections import Counter
 import psycopg
 
 from connector.sandbox import Sandbox
+from connector.sync import Backfill
 from tests.conftest import (
     CUSTOMERS,
     Database,
@@ -62,7 +63,7 @@ def test_five_thousand_orders_make_five_thousand_events_once(db: Database, api: 
     # A rerun, a restart (a new process is the same as a new pass here: all state is in the
     # file) and a backfill of the same range add nothing.
     run_passes(path)
-    run_passes(path, "conversions", kind="backfill")
+    run_passes(path, "conversions", how=Backfill())
     again = cli("--config", str(path), "sync")
     assert again.returncode == 0, again.stderr
     assert len(api.events) == 5_000
@@ -220,7 +221,7 @@ def test_each_contact_is_linked_once_per_campaign_and_iteration(db: Database, ap
     campaign["iteration"] = "2026-12"
     path = write_config(contacts={"customers": customers_stream(campaign=campaign)},
                         wiraya={"bulk_size": 10})
-    reports = run_passes(path, "customers", kind="backfill")
+    reports = run_passes(path, "customers", how=Backfill())
     assert reports["customers"].counts["sent"] == 0  # the contacts themselves did not change
     assert sorted(api.links[6:]) == [(str(i), "welcome-flow", "2026-12") for i in range(1, 7)]
 

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connector.sandbox import Faults, RequestRecord, Sandbox
+from connector.sandbox import Faults, Next, RequestRecord, Sandbox
 
 KEY = "sandbox-key"
 JSON = {"Content-Type": "application/json; charset=utf-8"}
@@ -819,3 +819,170 @@ def test_concurrent_clients(sb: Sandbox) -> None:
     assert len(sb.contacts) == 200
     ids = sorted(int(r.path.split("/")[-1].split("-")[0]) for r in sb.requests[1:])
     assert len(ids) == 200
+
+
+# --- faults that reproduce production: a proxy's page, calls applied but not answered --------
+
+
+def html_page(r: httpx.Response) -> bool:
+    return r.headers["Content-Type"].startswith("text/html") and "<html>" in r.text
+
+
+def test_foreign_page_answers_as_a_proxy_and_applies_nothing(
+    sb: Sandbox, api: httpx.Client
+) -> None:
+    sb.faults.foreign_page = 1.0
+    r = post(api, "/api/Contact/a/events", EVENT)
+    assert r.status_code == 200 and html_page(r)
+    with pytest.raises(json.JSONDecodeError):
+        r.json()
+    r = put_contact(api, "a")
+    assert r.status_code == 200 and html_page(r)
+    # The proxy stands in front of the API: no token needed to get its page.
+    assert sb.faults.foreign_page == 1.0
+    r = api.put("/api/Contact/a", content=json.dumps(CONTACT), headers={"Authorization": ""})
+    assert r.status_code == 200 and html_page(r)
+    assert sb.contacts == {} and sb.events == []
+    assert [(rec.status, rec.applied) for rec in sb.requests[1:]] == [(200, False)] * 3
+    sb.faults.foreign_page_status = 502
+    r = put_contact(api, "a")
+    assert r.status_code == 502 and html_page(r)
+    sb.faults.foreign_page = 0.0
+    r = put_contact(api, "a")
+    assert r.status_code == 200 and r.json()["error"] is False
+    assert list(sb.contacts) == ["a"]
+
+
+def test_foreign_page_for_the_next_calls_only(sb: Sandbox, api: httpx.Client) -> None:
+    sb.faults.foreign_page = Next(2)
+    replies = [put_contact(api, "a") for _ in range(4)]
+    assert [html_page(r) for r in replies] == [True, True, False, False]
+    assert sb.faults.foreign_page == Next(0)
+    assert sb.contact_writes["a"] == 2
+
+
+def foreign_pattern(seed: int) -> list[bool]:
+    with Sandbox(faults=Faults(foreign_page=0.5, seed=seed)) as sb, httpx.Client(
+        base_url=sb.url, verify=TLS
+    ) as c:
+        c.headers.update({"Authorization": f"Bearer {token(c)}", **JSON})
+        return [html_page(put_contact(c, "a")) for _ in range(40)]
+
+
+def test_foreign_page_share_repeats_with_the_seed() -> None:
+    first = foreign_pattern(7)
+    assert 5 < first.count(True) < 35
+    assert foreign_pattern(7) == first
+    assert foreign_pattern(8) != first
+
+
+def test_drop_after_apply_keeps_the_effect_and_sends_no_reply(
+    sb: Sandbox, api: httpx.Client
+) -> None:
+    assert put_contact(api, "a").status_code == 200
+    sb.faults.drop_after_apply = Next(1)
+    with pytest.raises(httpx.TransportError):
+        post(api, "/api/Contact/a/events", EVENT)
+    assert sb.events == [("a", EVENT)]  # applied although the client saw nothing
+    assert (sb.requests[-1].status, sb.requests[-1].applied) == (0, True)
+    assert post(api, "/api/Contact/a/events", EVENT).status_code == 200  # the count is used up
+    assert sb.events == [("a", EVENT), ("a", EVENT)]  # the resend is a duplicate, kept
+    assert sb.summary()["events"] == 2
+
+
+def test_drop_after_apply_counts_only_applied_calls(sb: Sandbox, api: httpx.Client) -> None:
+    sb.faults.drop_after_apply = Next(1)
+    r = post(api, "/api/Contact/ghost/events", EVENT)  # strict order: 404, not applied
+    assert r.status_code == 404
+    assert put_contact(api, "a", {"schema": 2}).status_code == 400
+    assert sb.faults.drop_after_apply == Next(1)
+    with pytest.raises(httpx.TransportError):
+        put(api, "/api/contact/_bulk", {"a": CONTACT, "b": {"schema": 2}})
+    assert list(sb.contacts) == ["a"]
+    assert [(r.status, r.applied, r.items) for r in sb.requests[1:]] == [
+        (404, False, 1),
+        (400, False, 1),
+        (0, True, 2),
+    ]
+
+
+def test_drop_after_apply_share(sb: Sandbox, api: httpx.Client) -> None:
+    sb.faults.drop_after_apply = 1.0
+    for cid in ("a", "b", "c"):
+        with pytest.raises(httpx.TransportError):
+            put_contact(api, cid)
+    assert sorted(sb.contacts) == ["a", "b", "c"]
+    sb.faults.drop_after_apply = 0.0
+    assert put_contact(api, "d").status_code == 200
+
+
+def test_slow_after_apply_applies_before_the_client_gives_up(
+    sb: Sandbox, api: httpx.Client
+) -> None:
+    assert put_contact(api, "a").status_code == 200
+    sb.faults.slow_after_apply = 2.0
+    with pytest.raises(httpx.ReadTimeout):
+        api.post("/api/Contact/a/events", content=json.dumps(EVENT), timeout=0.3)
+    assert sb.events == [("a", EVENT)]
+    assert (sb.requests[-1].status, sb.requests[-1].applied) == (200, True)
+    # A call that is not applied is answered at once, well inside the same short timeout.
+    r = api.post("/api/Contact/a/events", content=b"{", timeout=0.3)
+    assert r.status_code == 400
+    sb.faults.slow_after_apply = 0.0
+    r = api.post("/api/Contact/a/events", content=json.dumps(EVENT), timeout=0.3)
+    assert r.status_code == 200
+    assert len(sb.events) == 2
+
+
+def test_error_and_drop_rates_take_counts(sb: Sandbox, api: httpx.Client) -> None:
+    sb.faults.error_rate = Next(2)
+    assert [put_contact(api, "a").status_code for _ in range(3)] == [503, 503, 200]
+    sb.faults.drop_rate = Next(1)
+    with pytest.raises(httpx.TransportError):
+        put_contact(api, "b")
+    assert put_contact(api, "b").status_code == 200
+    assert sb.contact_writes == {"a": 1, "b": 1}
+
+
+def test_request_records_say_what_was_applied(sb: Sandbox, api: httpx.Client) -> None:
+    put_contact(api, "a")
+    put_contact(api, "b", {"schema": 2})
+    post(api, "/api/Contact/a/campaigns", {"campaign": "c"})
+    post(api, "/api/Contact/ghost/campaigns", {"campaign": "c"})
+    sb.faults.bulk_reject_rate = 1.0
+    put(api, "/api/contact/_bulk", {"x": CONTACT})
+    assert [r.applied for r in sb.requests] == [False, True, False, True, False, False]
+
+
+def test_admin_sets_the_new_knobs(sb: Sandbox) -> None:
+    with httpx.Client(base_url=sb.url, verify=TLS) as c:
+        change = {
+            "foreign_page": {"next": 2},
+            "foreign_page_status": 502,
+            "drop_after_apply": 0.25,
+            "slow_after_apply": 1.5,
+            "error_rate": {"next": 1},
+        }
+        r = c.post("/_sandbox/faults", json=change)
+        assert r.status_code == 200
+        assert {k: r.json()[k] for k in change} == change
+        assert sb.faults.foreign_page == Next(2) and sb.faults.error_rate == Next(1)
+        assert sb.faults.drop_after_apply == 0.25 and sb.faults.slow_after_apply == 1.5
+        assert sb.faults.foreign_page_status == 502
+        for bad in (
+            {"foreign_page": {"next": -1}},
+            {"foreign_page": {"nxt": 1}},
+            {"foreign_page": {"next": 1.5}},
+            {"drop_after_apply": 1.5},
+            {"slow_after_apply": -1},
+            {"foreign_page_status": 99},
+        ):
+            r = c.post("/_sandbox/faults", json=bad)
+            assert r.status_code == 400, bad
+            assert r.json()["message"].startswith(next(iter(bad)))
+        assert c.get("/_sandbox/faults").json()["foreign_page"] == {"next": 2}
+
+
+def test_next_refuses_a_negative_count() -> None:
+    with pytest.raises(ValueError, match="Next"):
+        Next(-1)

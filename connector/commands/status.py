@@ -69,7 +69,7 @@ def status_rows(loaded: Settings) -> list[dict[str, Any]]:
             rows.append({
                 "stream": name, "kind": kind, "watermark": position_json(watermark),
                 "lag_seconds": _lag(watermark, loaded),
-                "last_run": runs[0].__dict__ if runs else None,
+                "last_run": runs[0].summary() if runs else None,
                 "delivered": state.count("contacts" if kind == "contacts" else "ledger", name)
                 if state else 0,
                 "waiting": counts.get((name, "waiting"), 0),
@@ -132,7 +132,7 @@ def runs(args: argparse.Namespace) -> int:
     setup.known_stream(loaded, args.stream)
     state = _open(loaded)
     try:
-        history = [run.__dict__ for run in state.runs(args.stream, args.limit)] if state else []
+        history = [run.summary() for run in state.runs(args.stream, args.limit)] if state else []
     finally:
         if state:
             state.close()

@@ -84,11 +84,12 @@ def summary(reports: list[Report], dry_run: bool, shown: Shown | None) -> dict[s
     words = DRY_WORDS if dry_run else {}
     streams = {}
     for report in reports:
-        names = [*COUNTS, *sorted(set(report.counts) - set(COUNTS))]
+        counts = report.counts.as_dict()
+        names = [*COUNTS, *(name for name in counts if name not in COUNTS)]
         streams[report.stream] = {
             "outcome": report.outcome, "error": report.error,
             "seconds": round(report.seconds, 3),
-            "counts": {words.get(name, name).replace(" ", "_"): report.counts[name]
+            "counts": {words.get(name, name).replace(" ", "_"): counts[name]
                        for name in names}}
     document: dict[str, Any] = {
         "dry_run": dry_run, "outcome": overall,
@@ -135,13 +136,14 @@ def cursor_arg(text: str | None, flag: str) -> Any:
 
 def dead_retry(args: argparse.Namespace) -> int:
     from connector import session
+    from connector.sync import Retry
 
     loaded = setup.settings(args, quiet=True)
     names = session.pick_streams(loaded, [args.stream] if args.stream else [])
 
     async def go() -> list[Report]:
         async with session.opened(loaded, stop=session.stop_on_signals()) as ctx:
-            return await session.run_streams(ctx, names, "retry")
+            return await session.run_streams(ctx, names, Retry())
 
     reports = asyncio.run(go())
     for item in reports:

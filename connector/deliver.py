@@ -1,0 +1,178 @@
+"""A plan -> Wiraya -> what was accepted, as a `Commit` for the state file.
+
+What Wiraya accepted is written to the state file as each reply comes (not only at the end
+of the page), so a crash resends at most the requests that were in flight. A contact is
+first recorded without its input digest: until the page is committed whole, its links and
+events are not known to be done, so it is mapped again if read.
+
+A dry run sends nothing: every item counts as accepted, and `on_send` hears each payload.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import tzinfo
+from typing import Any
+
+from connector.context import SendKind
+from connector.errors import ApiUnavailable
+from connector.mapping import Link, event_body
+from connector.plan import ContactPlan, EventItem, EventPlan, dead_letter
+from connector.state import Commit, Delivered, FlagState, LinkKey
+from connector.values import Counts, iso_z, now_utc
+from connector.wiraya import Result, Wiraya
+
+log = logging.getLogger("connector.deliver")
+
+FLAG = "\x1f"  # joins a contact id and an event name into one key
+
+Record = Callable[[Commit], None]
+OnSend = Callable[[SendKind, str, dict[str, Any]], None]
+
+
+def fail_if_unreachable(what: str, results: Iterable[Result]) -> None:
+    """When Wiraya took nothing of a page and every failure may pass, the API is down (or
+    broken): fail the pass, leaving the page unread, rather than hold every row of it."""
+    outcomes = list(results)
+    if outcomes and not any(r.ok for r in outcomes) and all(r.retriable for r in outcomes):
+        raise ApiUnavailable(f"Wiraya accepted none of {len(outcomes)} {what} "
+                             f"({outcomes[0].reason}); the pass stops here and the next one "
+                             "starts from the same place")
+
+
+@dataclass
+class Delivery:
+    """Sends one stream's plans; `record` writes what was accepted as replies come."""
+
+    stream: str
+    api: Wiraya | None  # None: a dry run
+    record: Record
+    zone: tzinfo
+    on_send: OnSend | None = None
+    counts: Counts = field(default_factory=Counts)
+
+    async def contacts(self, plan: ContactPlan) -> Commit:
+        """Upserts first (a link or an event needs its contact), then links and events."""
+        commit = Commit(held=list(plan.held))
+        results = await self._upsert(plan.upsert, plan.digests)
+        fail_if_unreachable("contacts", results.values())
+        present = set(plan.present)
+        failed: set[str] = set()
+        for key, result in results.items():
+            if result.ok:
+                present.add(key)
+                self.counts.sent += 1
+            else:
+                failed.add(key)
+                self._dead(commit, key, result, digest=plan.digests[key])
+        await self._links([link for link in plan.links if link.contact_id in present],
+                          commit, failed)
+        emitted = await self._flag_events(plan, present, commit, failed)
+        commit.flags += [flag for flag in plan.record if flag.contact_id in present
+                         and (not flag.active or (flag.contact_id, flag.event) in emitted)]
+        for key in present:
+            # A contact whose link or event failed is mapped again next time it is read.
+            commit.contacts.append(Delivered(key, None if key in failed else plan.inputs[key],
+                                             plan.digests[key]))
+            if key not in failed and key in plan.on_record:
+                commit.cleared.append(key)
+        return commit
+
+    async def events(self, plan: EventPlan) -> Commit:
+        commit = Commit(held=list(plan.held), cleared=list(plan.cleared))
+        results = await self._events(plan.send, lambda keys: Commit(ledger=keys))
+        fail_if_unreachable("events", results.values())
+        contact = {item.key: item.contact_id for item in plan.send}
+        for key, result in results.items():
+            if result.ok:
+                commit.ledger.append(key)
+                self.counts.sent += 1
+                if key in plan.on_record:
+                    commit.cleared.append(key)
+            else:
+                self._dead(commit, key, result, digest=plan.digests[key],
+                           contact_id=contact[key])
+        return commit
+
+    async def _links(self, links: list[LinkKey], commit: Commit, failed: set[str]) -> None:
+        for link, result in zip(links, await self._link(links), strict=True):
+            if result.ok:
+                commit.links.append(link)
+                self.counts.linked += 1
+            else:
+                failed.add(link.contact_id)
+                self._dead(commit, link.contact_id, result)
+
+    async def _flag_events(self, plan: ContactPlan, present: set[str], commit: Commit,
+                           failed: set[str]) -> set[tuple[str, str]]:
+        """Send the events of flags that just turned true; the pairs sent."""
+        items = [EventItem(FLAG.join((flag.contact_id, flag.event)), flag.contact_id,
+                           event_body(flag.event, flag.at or iso_z(now_utc(), self.zone)))
+                 for flag in plan.emit if flag.contact_id in present]
+        results = await self._events(items, lambda keys: Commit(
+            flags=[FlagState(*_flag(key), True) for key in keys]))
+        emitted: set[tuple[str, str]] = set()
+        for item in items:
+            result = results[item.key]
+            if result.ok:
+                emitted.add((item.contact_id, item.body["name"]))
+                self.counts.events += 1
+            else:
+                failed.add(item.contact_id)
+                self._dead(commit, item.contact_id, result)
+        return emitted
+
+    def _dead(self, commit: Commit, key: str, result: Result, **details: Any) -> None:
+        self.counts.dead += 1
+        commit.held.append(dead_letter(self.stream, key, result.reason,
+                                       retriable=result.retriable, **details))
+
+    # -- the three calls (or, in a dry run, what they would send) -------------------------
+
+    async def _upsert(self, send: dict[str, dict[str, Any]],
+                      digests: dict[str, bytes]) -> dict[str, Result]:
+        if self.api is None:
+            self._heard("contact", send.items())
+            return {key: Result.accepted() for key in send}
+
+        def done(results: dict[str, Result]) -> None:
+            self.record(Commit(contacts=[Delivered(key, None, digests[key])
+                                         for key, result in results.items() if result.ok]))
+
+        return await self.api.upsert_contacts(send, done)
+
+    async def _link(self, links: list[LinkKey]) -> list[Result]:
+        bodies = [(link.contact_id, Link(link.contact_id, link.campaign,
+                                         link.iteration or None).body()) for link in links]
+        if self.api is None:
+            self._heard("link", bodies)
+            return [Result.accepted() for _ in links]
+
+        def done(results: dict[int, Result]) -> None:
+            self.record(Commit(links=[links[index] for index, result in results.items()
+                                      if result.ok]))
+
+        return await self.api.link_contacts(bodies, done)
+
+    async def _events(self, events: Sequence[EventItem],
+                      commit_for: Callable[[list[str]], Commit]) -> dict[str, Result]:
+        if self.api is None:
+            self._heard("event", [(item.key, item.body) for item in events])
+            return {item.key: Result.accepted() for item in events}
+
+        def done(results: dict[str, Result]) -> None:
+            self.record(commit_for([key for key, result in results.items() if result.ok]))
+
+        return await self.api.send_events(events, done)
+
+    def _heard(self, kind: SendKind, items: Iterable[tuple[str, dict[str, Any]]]) -> None:
+        if self.on_send is not None:
+            for key, body in items:
+                self.on_send(kind, key, body)
+
+
+def _flag(key: str) -> tuple[str, str]:
+    contact_id, _, event = key.partition(FLAG)
+    return contact_id, event
