@@ -177,7 +177,8 @@ def test_sync_json_is_one_object_with_numbers(shop: Path, api: Sandbox,
     code, out, err = run(capsys, "sync", "--json", "--config", str(shop))
     assert (code, err) == (0, "")
     assert len(out.splitlines()) == 1
-    zero = {"linked": 0, "events": 0, "released": 0, "waiting": 0, "dead": 0}
+    zero = {"linked": 0, "events": 0, "released": 0, "waiting": 0, "dead": 0, "repeated": 0,
+            "resolved": 0}
     assert _seconds(json.loads(out)) == {
         "dry_run": False, "outcome": "ok", "exit_code": 0,
         "streams": {
@@ -198,7 +199,7 @@ def test_a_failed_pass_in_json_keeps_its_error_and_exit_code(
     assert document == {"dry_run": False, "outcome": "failed", "exit_code": 1, "streams": {
         "conversions": {"outcome": "failed", "seconds": 0.0, "counts": {
             "read": 0, "sent": 0, "skipped": 0, "linked": 0, "events": 0, "released": 0,
-            "waiting": 0, "dead": 0}}}}
+            "waiting": 0, "dead": 0, "repeated": 0, "resolved": 0}}}}
 
 
 def test_a_dry_run_says_what_it_would_send_and_sends_nothing(
@@ -235,7 +236,7 @@ def test_show_prints_the_payloads_masking_secrets_and_with_redact_personal_field
     assert document["dry_run"] is True
     assert document["streams"]["customers"]["counts"] == {
         "read": 30, "to_send": 30, "skipped": 0, "to_link": 0, "events_to_send": 0,
-        "to_release": 0, "would_wait": 0, "would_be_dead": 0}
+        "to_release": 0, "would_wait": 0, "would_be_dead": 0, "repeated": 0, "resolved": 0}
     redacted = {"phoneNumber": "***", "givenName": "***", "surName": "***"}
     assert document["payloads"] == {"total": 30, "shown": [
         {"kind": "contact", "key": "1",
@@ -270,7 +271,7 @@ def test_show_lists_links_and_events_too(db: Database, api: Sandbox, write_confi
                        "--config", str(path))
     assert code == 0
     assert out.splitlines()[0] == \
-        'event 1: {"at": "2026-01-02T03:04:05Z", "name": "Conversion", "schema": 1}'
+        'event 7: {"at": "2026-01-02T03:04:05Z", "name": "Conversion", "schema": 1}'
 
 
 def test_a_dry_run_writes_no_state_file(shop: Path, api: Sandbox,
@@ -313,8 +314,10 @@ def test_check_json_lists_each_finding_with_its_level(shop: Path, api: Sandbox,
         {"level": "ok", "message": "open-transaction guard: active (the role sees every "
                                    "session)"},
         {"level": "ok", "message": f"state: {shop.parent / 'state' / 'connector.db'} "
-                                   "(schema 1)"},
-        {"level": "ok", "message": f"Wiraya: logged in at {api.url}"}]}
+                                   "(schema 2)"},
+        {"level": "ok", "message": f"Wiraya: logged in at {api.url}"},
+        {"level": "ok", "message": "Wiraya: the key may call the API (PUT /api/contact/_bulk "
+                                   "with no items: 400)"}]}
 
 
 def test_check_json_fails_with_exit_1_and_the_reason(shop: Path, api: Sandbox,

@@ -19,7 +19,10 @@ class Payload:
     body: dict[str, Any]
 
     def line(self) -> str:
-        return f"{self.kind} {self.key}: {json.dumps(self.body, ensure_ascii=False)}"
+        # A key from the database may hold anything; one with control characters (such as
+        # a flag event's separator) is quoted, so it cannot garble the terminal.
+        key = self.key if self.key.isprintable() else json.dumps(self.key)
+        return f"{self.kind} {key}: {json.dumps(self.body, ensure_ascii=False)}"
 
     def as_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "key": self.key, "body": self.body}
