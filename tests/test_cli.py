@@ -75,7 +75,7 @@ def test_sync_then_status(db: Database, api: Sandbox, write_config) -> None:
 
     status = cli("--config", str(path), "status", "--json")
     assert status.returncode == 0
-    rows = json.loads(status.stdout)["streams"]
+    rows = json.loads(status.stdout)
     assert [row["stream"] for row in rows] == ["customers"]
     assert rows[0]["last_run"]["outcome"] == "ok"
     assert rows[0]["last_run"]["sent"] == 30

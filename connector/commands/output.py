@@ -25,8 +25,9 @@ def error(text: str) -> None:
     print(mask(text), file=sys.stderr)
 
 
-def as_json(document: dict[str, Any]) -> None:
-    """One JSON object on one line; secrets masked inside every string."""
+def as_json(document: dict[str, Any] | list[dict[str, Any]]) -> None:
+    """One JSON document on one line (an object; a list of rows for listings); secrets
+    masked inside every string."""
     print(json.dumps(mask_all(document), ensure_ascii=False), file=sys.stdout)
 
 

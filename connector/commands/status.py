@@ -34,7 +34,7 @@ def status(args: argparse.Namespace) -> int:
     loaded = setup.settings(args, quiet=True)
     rows = status_rows(loaded)
     if args.json:
-        output.as_json({"state": str(loaded.state), "streams": rows})
+        output.as_json(rows)
         return 0
     output.line(f"state: {loaded.state}" + ("" if loaded.state.exists() else
                                             " (not yet written: no pass has run)"))
@@ -137,7 +137,7 @@ def runs(args: argparse.Namespace) -> int:
         if state:
             state.close()
     if args.json:
-        output.as_json({"runs": history})
+        output.as_json(history)
         return 0
     if not history:
         output.line("no runs yet")
@@ -168,7 +168,7 @@ def dead_list(args: argparse.Namespace) -> int:
              "first_seen": h.first_seen, "last_seen": h.last_seen}
             for h in items if args.stream is None or h.stream == args.stream]
     if args.json:
-        output.as_json({"held": held})
+        output.as_json(held)
         return 0
     if not held:
         output.line("no dead letters and no waiting events")
