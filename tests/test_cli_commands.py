@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -492,3 +493,24 @@ def test_reset_of_an_unknown_stream_is_a_usage_error(shop: Path, api: Sandbox,
     assert run(capsys, "state", "reset", "custmers", "--yes", "--config", str(shop)) == (
         2, "", "streams: 1 problem(s)\n  custmers: no such stream in the config or the state "
                "file (known: customers, conversions)\n")
+
+
+def test_shell_completion_when_argcomplete_is_installed(tmp_path: Path) -> None:
+    """`eval "$(register-python-argcomplete connector)"` completes commands and options."""
+    pytest.importorskip("argcomplete", reason="shell completion needs the optional "
+                                              "argcomplete package (pip install "
+                                              "'wiraya-connector[completion]')")
+    answer = tmp_path / "completions"
+
+    def complete(line: str) -> list[str]:
+        env = {**os.environ, "_ARGCOMPLETE": "1", "COMP_LINE": line,
+               "COMP_POINT": str(len(line)), "_ARGCOMPLETE_IFS": "\n",
+               "_ARGCOMPLETE_STDOUT_FILENAME": str(answer)}
+        result = subprocess.run([sys.executable, "-m", "connector"], env=env,
+                                capture_output=True, text=True, check=False, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return sorted(answer.read_text().split("\n"))
+
+    assert complete("connector s") == ["sandbox", "state", "status", "sync"]
+    assert complete("connector dead-letters l") == ["list "]
+    assert complete("connector sync --dry") == ["--dry-run "]
