@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from connector import logs
@@ -32,7 +31,3 @@ def known_stream(loaded: Settings, name: str | None) -> None:
         raise ConfigError([(name, f"no such stream (known: {', '.join(loaded.streams)})")],
                           "streams")
 
-
-def known_streams(loaded: Settings, names: Sequence[str]) -> None:
-    for name in names:
-        known_stream(loaded, name)
