@@ -514,3 +514,15 @@ def test_shell_completion_when_argcomplete_is_installed(tmp_path: Path) -> None:
     assert complete("connector s") == ["sandbox", "state", "status", "sync"]
     assert complete("connector dead-letters l") == ["list "]
     assert complete("connector sync --dry") == ["--dry-run "]
+
+
+def test_a_shown_key_with_control_characters_is_quoted() -> None:
+    from connector.commands.payloads import Payload, Shown
+
+    assert Payload("event", "7\x1fOptOut", {"name": "OptOut"}).line() == \
+        'event "7\\u001fOptOut": {"name": "OptOut"}'
+    assert Payload("contact", "c-7", {}).line() == "contact c-7: {}"
+    shown = Shown(limit=1)
+    shown("contact", "1", {"personal": {"a": "b"}})
+    shown("contact", "2", {})
+    assert (len(shown.items), shown.total) == (1, 2)
