@@ -32,7 +32,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from connector import config, session  # noqa: E402
-from connector.sync import Report  # noqa: E402
+from connector.sync import Backfill, Live, Report, Retry  # noqa: E402
 from connector.sync import run_pass as _run_pass  # noqa: E402
 from tests.conftest import (  # noqa: E402 - the tests' schema, role and stream
     API_KEY,
@@ -320,7 +320,9 @@ def run_passes(path: Path, count: int = 1, stream: str = "customers", kind: str 
             phases["open"] = time.monotonic() - started
             for _ in range(count):
                 at = time.monotonic()
-                report = await _run_pass(ctx, stream, kind, **options)
+                how = Live() if kind == "live" else Backfill(**options) if kind == "backfill" \
+                    else Retry()
+                report = await _run_pass(ctx, stream, how)
                 timed.append(Timed(report, time.monotonic() - at))
                 if report.outcome != "ok":
                     raise RuntimeError(f"pass failed: {report.line()}")

@@ -143,7 +143,7 @@ def session_timezone(source: Source) -> str | None:
     """
     if source.dialect != "postgresql":
         return None
-    url = sa.engine.make_url(source.settings.url.get_secret_value())
+    url = sa.engine.make_url(source.settings.driver_url.url)
     timeout = max(1, int(source.settings.connect_timeout.total_seconds()))
     engine = sa.create_engine(url, poolclass=NullPool, connect_args={
         "application_name": APPLICATION_NAME, "connect_timeout": timeout,

@@ -253,6 +253,20 @@ def _other_commands(commands: _Commands) -> None:
                       help="keep the demo's files here (default: a temporary folder, removed "
                            "at the end)")
 
+    init = commands.add("init", "misc:init",
+                        "look at a database and write a config that check accepts")
+    init.add_argument("--url", metavar="URL",
+                      help="the database (default: $DATABASE_URL); not written out")
+    init.add_argument("-o", "--output", metavar="PATH",
+                      help="where to write the config, - for stdout (default: --config, "
+                           "else ./connector.yaml)")
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    init.add_argument("--region", metavar="CC",
+                      help="read phone numbers without a country code in this country, e.g. "
+                           "SE (default: the sample's most common)")
+    init.add_argument("--example", action="store_true",
+                      help="print the full example config and exit")
+
 
 if __name__ == "__main__":
     sys.exit(main())

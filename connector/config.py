@@ -34,6 +34,7 @@ from pydantic import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from connector import dialects
 from connector.errors import ConfigError
 
 DEFAULT_PATH = "connector.yaml"
@@ -325,19 +326,15 @@ class Source(_Model):
     def _url(cls, value: SecretStr) -> SecretStr:
         # No message here may quote the URL or a part of it: it holds the password.
         try:
-            url = make_url(value.get_secret_value())
+            url = make_url(dialects.driver_url(value.get_secret_value()).url)
+        except dialects.UnknownScheme as exc:
+            raise ValueError(str(exc)) from None
         except (ArgumentError, ValueError):
             raise ValueError("not a database URL; write it as "
-                             "postgresql+psycopg://user:password@host:5432/dbname "
-                             "or sqlite:///path/to/file.db") from None
+                             f"{dialects.WORKING_FORMS}") from None
         if url.host and "@" in url.host:
             raise ValueError("the host part holds an @; if the password has one, write it as "
                              "%40 (URL-encoded)")
-        if url.get_backend_name() not in {"postgresql", "sqlite"}:
-            raise ValueError(f"the {url.get_backend_name()!r} database is not supported; "
-                             "use postgresql+psycopg:// or sqlite:///")
-        if url.get_backend_name() == "postgresql" and url.drivername != "postgresql+psycopg":
-            raise ValueError("use the psycopg 3 driver: postgresql+psycopg://...")
         return value
 
     @field_validator("timezone")
@@ -372,6 +369,11 @@ class Source(_Model):
                 found += [value] if isinstance(value, str) else list(value)
         return [str(item) for item in found]
 
+    @property
+    def driver_url(self) -> dialects.DriverUrl:
+        """The URL with the driver's scheme (`mysql://` -> `mysql+pymysql://`): a secret."""
+        return dialects.driver_url(self.url.get_secret_value())
+
 
 _SECRET_PARAMETERS = {"password", "passfile", "sslpassword", "sslkey"}
 
@@ -387,6 +389,25 @@ class Wiraya(_Model):
     backoff: Duration = timedelta(seconds=0.5)
     backoff_max: Duration = timedelta(seconds=30)
     token_refresh_margin: Duration = timedelta(seconds=30)
+    # The longest Retry-After hold obeyed by waiting. Longer: the pass fails at once and says
+    # so (`connector sync` exits 1). 5 minutes: longer than any rate-limit window a client can
+    # sit out usefully inside one pass, short enough that a pass never blocks unseen for long.
+    max_hold: Duration = timedelta(minutes=5)
+    # A header name (e.g. Idempotency-Key) under which each event carries a stable key; none
+    # by default: Wiraya is not known to honour one, and nothing relies on it.
+    idempotency_header: str | None = None
+
+    @field_validator("idempotency_header")
+    @classmethod
+    def _header_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", value):
+            raise ValueError(f"{value!r} is not an HTTP header name; write it as "
+                             "Idempotency-Key")
+        if value is not None and value.lower() in {"authorization", "content-type", "accept",
+                                                   "user-agent", "host", "content-length"}:
+            raise ValueError(f"{value} is a header the client sets itself; pick another "
+                             "name, e.g. Idempotency-Key")
+        return value
 
     @field_validator("api_key")
     @classmethod
@@ -429,6 +450,13 @@ class Metrics(_Model):
         return host.strip("[]") or "127.0.0.1", int(port)
 
 
+class Daemon(_Model):
+    """`connector run`: how it stops and when it stops calling itself ready."""
+
+    stop_timeout: Duration = timedelta(seconds=30)  # SIGTERM: time to finish the pages in flight
+    unready_after_failures: int = Field(default=2, ge=1, le=1000)  # passes failed in a row
+
+
 class Settings(_Model):
     source: Source
     wiraya: Wiraya
@@ -437,6 +465,7 @@ class Settings(_Model):
     events: dict[str, EventStream] = Field(default_factory=dict)
     logging: Logging = Logging()
     metrics: Metrics | None = None
+    daemon: Daemon = Daemon()
 
     @property
     def streams(self) -> dict[str, ContactStream | EventStream]:
@@ -488,7 +517,7 @@ def _vocabulary() -> list[str]:
     names: set[str] = set()
     models: list[type[BaseModel]] = [Settings, Source, Wiraya, Logging, Metrics, ContactStream,
                                      EventStream, FieldMap, CampaignLink, Iteration, Condition,
-                                     ColumnEvent, TableRef]
+                                     ColumnEvent, TableRef, Daemon]
     for model in models:
         for name, info in model.model_fields.items():
             names.add(info.alias or name)
@@ -596,8 +625,9 @@ def load(path: str | os.PathLike[str] | None = None,
         text = where.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError([("", f"no config file at {where}; pass --config PATH, set "
-                                f"${ENV_PATH}, or create ./{DEFAULT_PATH} "
-                                "(see config/connector.example.yaml)")], str(where)) from None
+                                f"${ENV_PATH}, or create ./{DEFAULT_PATH}: `connector init` "
+                                "writes one from your database, `connector init --example` "
+                                "prints a full example")], str(where)) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([("", f"cannot read the config: {exc}")], str(where)) from None
     return parse(text, str(where), env, where.parent)

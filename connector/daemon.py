@@ -1,196 +1,223 @@
-"""The long-running daemon, and the backfill command.
+"""`connector run`: the long-running daemon.
 
-`run`: one APScheduler job per stream at its `every` interval, all on one event loop and
-one API client (so the rate limit and a `Retry-After` hold cover every stream). A stream
-never runs twice at once, and overdue runs coalesce into one. A failing stream (database
-down, API down) is logged and tried again at its next run; the others go on. SIGTERM and
-SIGINT stop the daemon after the current page, with state committed, and exit 0.
+One APScheduler job per stream at its `every` interval, all on one event loop and one API
+client (so the rate limit and a `Retry-After` hold cover every stream). A stream never runs
+twice at once, and overdue runs coalesce into one. A failing stream (database down, API
+down) is logged in one line and tried again at its next run; the others go on.
 
-`backfill`: a bounded range of one stream with a progress bar; resumable; never moves the
-live watermark; may run beside the daemon (they take turns page by page).
+Stopping (SIGTERM, SIGINT): no new pass starts; each running pass finishes the page it has
+in flight (sent and recorded, so a restart resends nothing) and stops, recorded as
+"stopped". The wait is bounded by `daemon.stop_timeout` (default 30 s) or a second signal;
+past it the passes are cut short, the log says which, and their runs are recorded as
+"stopped". The exit code is 0 either way; 1 when the state file was lost for good; 2 when
+the state folder cannot be used.
+
+Before each pass the state file is checked (see `statefile`): deleted or replaced, it is put
+back from the open file; not writable (a full disk), the pass is skipped with one line.
+Health, readiness and metrics: see `health`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import logging
-import threading
-import time
+import signal
+import sqlite3
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from connector import config, metrics, session
+from connector.backfill import backfill
 from connector.errors import ConnectorError
+from connector.health import Endpoint, Health, PassOutcome
+from connector.logs import for_stream
 from connector.state import DaemonLock
-from connector.sync import Backfill, Context, Report, range_key, run_pass
+from connector.statefile import StateWatch, folder_error
+from connector.sync import Context, run_pass
+
+__all__ = ["backfill", "run"]
 
 log = logging.getLogger("connector.daemon")
 
 
-class Health:
-    """What `/healthz` tells: up or stopping, and each stream's last pass."""
-
-    def __init__(self, streams: list[str]) -> None:
-        self.started = time.time()
-        self.stopping = False
-        self.last: dict[str, dict[str, Any]] = {name: {"outcome": "pending"} for name in streams}
-        self._lock = threading.Lock()
-
-    def record(self, report: Report) -> None:
-        with self._lock:
-            self.last[report.stream] = {
-                "outcome": report.outcome, "at": datetime.now(UTC).isoformat(timespec="seconds"),
-                "read": report.counts["read"], "sent": report.counts["sent"],
-                "error": report.error}
-
-    def snapshot(self) -> dict[str, Any]:
-        with self._lock:
-            return {"status": "stopping" if self.stopping else "ok",
-                    "uptime_seconds": round(time.time() - self.started),
-                    "streams": dict(self.last)}
-
-
-def _serve_endpoint(address: tuple[str, int], health: Health) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path == "/metrics":
-                body, kind, status = generate_latest(metrics.REGISTRY), CONTENT_TYPE_LATEST, 200
-            elif self.path == "/healthz":
-                snapshot = health.snapshot()
-                body = json.dumps(snapshot).encode()
-                kind, status = "application/json", 200 if snapshot["status"] == "ok" else 503
-            else:
-                body, kind, status = b"not found\n", "text/plain", 404
-            self.send_response(status)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(address, Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
-    return server
-
-
 def run(settings: config.Settings) -> int:
     """Run until SIGTERM or SIGINT; returns the exit code."""
-    lock = DaemonLock(settings.state).acquire()
     try:
-        return asyncio.run(_daemon(settings))
+        lock = DaemonLock(settings.state).acquire()
+    except OSError as exc:  # a read-only or foreign folder: one line, not a traceback
+        raise folder_error(settings.state, exc) from None
+    daemon = _Daemon(settings, lock)
+    try:
+        return asyncio.run(daemon.main())
     finally:
-        lock.release()
+        daemon.lock.release()  # the lock may have been taken again (see _keep_lock)
 
 
-async def _daemon(settings: config.Settings) -> int:
-    loop = asyncio.get_running_loop()
-    stop = session.stop_on_signals()
-    names = session.pick_streams(settings, [])
-    health = Health(names)
-    endpoint = None
-    if settings.metrics is not None:
-        endpoint = _serve_endpoint(settings.metrics.address, health)
-        log.info("health and metrics on http://%s:%d (/healthz, /metrics)",
-                 *settings.metrics.address)
-    running: set[asyncio.Task[Any]] = set()
+def _max_hold(settings: config.Settings) -> float:
+    """`wiraya.max_hold` in seconds: a longer hold makes the daemon not ready."""
+    return settings.wiraya.max_hold.total_seconds()
 
-    async with session.opened(settings, stop=stop) as ctx:
-        async def job(name: str) -> None:
-            task = asyncio.current_task()
-            assert task is not None
-            running.add(task)
-            try:
-                health.record(await run_pass(ctx, name))
-            finally:
-                running.discard(task)
 
-        scheduler = AsyncIOScheduler(event_loop=loop)
+class _Daemon:
+    def __init__(self, settings: config.Settings, lock: DaemonLock) -> None:
+        self.settings = settings
+        self.lock = lock
+        self.names = session.pick_streams(settings, [])
+        self.health = Health(self.names, settings.daemon.unready_after_failures,
+                             _max_hold(settings))
+        self.stop = asyncio.Event()
+        self.hurry = asyncio.Event()  # a second signal: do not wait for the pages in flight
+        self.running: dict[str, asyncio.Task[None]] = {}
+        self.exit_code = 0
+
+    async def main(self) -> int:
+        self._on_signals()
+        endpoint = None
+        if self.settings.metrics is not None:
+            endpoint = Endpoint(self.settings.metrics.address, self.health)
+            log.info("health and metrics on http://%s:%d (/livez, /readyz, /metrics)",
+                     *self.settings.metrics.address)
+        try:
+            async with session.opened(self.settings, stop=self.stop) as ctx:
+                await self._serve(ctx)
+        finally:
+            if endpoint is not None:
+                endpoint.close()
+        log.info("daemon stopped")
+        return self.exit_code
+
+    def _on_signals(self) -> None:
+        def signalled() -> None:
+            if self.stop.is_set():
+                log.warning("second signal: cutting the running passes short now")
+                self.hurry.set()
+            self.stop.set()
+
+        loop = asyncio.get_running_loop()
+        for number in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(number, signalled)
+
+    async def _serve(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.watch = StateWatch(ctx.state)
+        last = ctx.state.runs(limit=1)
+        self.first_run = last[0].id if last else 0
+        if ctx.api is not None:
+            self.health.hold = ctx.api.hold_remaining
+        scheduler = self._schedule()
+        beat = asyncio.create_task(self._heartbeat())
+        try:
+            await self.stop.wait()
+            self.health.stopping = True
+            scheduler.pause()
+            await self._finish_running()
+        finally:
+            scheduler.shutdown(wait=False)
+            beat.cancel()
+
+    def _schedule(self) -> AsyncIOScheduler:
+        scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop())
         # A skipped run (the stream is still busy) is normal here, not worth a warning.
         logging.getLogger("apscheduler").setLevel(logging.ERROR)
         now = datetime.now(UTC)
-        for name in names:
-            stream = settings.streams[name]
+        streams = self.settings.streams
+        for name in self.names:
             # Event streams start a moment after the contacts, whose events wait for them.
-            first = now if name in settings.contacts else now + timedelta(seconds=1)
-            scheduler.add_job(job, "interval", args=[name], id=name, name=name,
-                              seconds=stream.every.total_seconds(), next_run_time=first,
-                              max_instances=1, coalesce=True, misfire_grace_time=None)
+            first = now if name in self.settings.contacts else now + timedelta(seconds=1)
+            scheduler.add_job(self._job, "interval", args=[name], id=name, name=name,
+                              seconds=streams[name].every.total_seconds(),
+                              next_run_time=first, max_instances=1, coalesce=True,
+                              misfire_grace_time=None)
         scheduler.start()
         log.info("daemon started: %s", ", ".join(
-            f"{name} every {settings.streams[name].every.total_seconds():g}s" for name in names))
-        await stop.wait()
-        health.stopping = True
-        log.info("stopping: finishing the current page of %d running pass(es)", len(running))
-        scheduler.shutdown(wait=False)
-        if running:
-            await asyncio.gather(*running, return_exceptions=True)
-    if endpoint is not None:
-        endpoint.shutdown()
-        endpoint.server_close()
-    log.info("daemon stopped")
-    return 0
+            f"{name} every {streams[name].every.total_seconds():g}s" for name in self.names))
+        return scheduler
 
+    async def _heartbeat(self) -> None:
+        while True:
+            self.health.beat()
+            await asyncio.sleep(1.0)
 
-def backfill(settings: config.Settings, stream: str, since: Any, until: Any, *, resend: bool,
-             restart: bool, console: Console) -> int:
-    """Read `[since, until)` of one stream (all of it by default), with a progress bar."""
-    session.pick_streams(settings, [stream])  # an unknown name is a clear error
+    async def _job(self, name: str) -> None:
+        """The scheduler's job. The pass runs in a task of its own, shielded: the scheduler
+        and the loop's teardown must never cancel a page whose events are on the wire."""
+        if self.stop.is_set() or name in self.running:
+            return
+        task = asyncio.create_task(self._pass(name), name=f"pass {name}")
+        self.running[name] = task
+        task.add_done_callback(lambda _done: self.running.pop(name, None))
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(task)
 
-    async def go() -> Report:
-        async with session.opened(settings, stop=session.stop_on_signals()) as ctx:
-            total = await _range_size(ctx, stream, since, until)
-            saved = None if restart else ctx.state.backfill(stream, range_key(since, until,
-                                                                              resend))
-            already = saved[2] if saved and not saved[1] else 0
-            columns = [TextColumn(f"backfill {stream}"), BarColumn(), MofNCompleteColumn(),
-                       TextColumn("rows"), TextColumn("{task.fields[rate]}"),
-                       TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn()]
-            with Progress(*columns, console=console, transient=False) as progress:
-                task = progress.add_task("rows", total=total, completed=already, rate="")
-                started = time.monotonic()
-                done = 0
+    async def _pass(self, name: str) -> None:
+        slog = for_stream(name)
+        problem = self.watch.check() or self._keep_lock()
+        if problem is not None:  # the state is lost for good: stop before anything is sent
+            self.health.state_problem = problem
+            self.exit_code = 1
+            self.stop.set()
+            return
+        problem = self.watch.probe()
+        self.health.state_problem = problem
+        if problem is not None:
+            slog.error("pass skipped: %s", problem)
+            self.health.record(name, PassOutcome("failed", problem))
+            return
+        try:
+            report = await run_pass(self.ctx, name)
+        except (ConnectorError, sqlite3.Error) as exc:  # the run history could not be written
+            slog.error("pass failed: %s", exc)
+            self.health.record(name, PassOutcome("failed", str(exc)))
+            return
+        metrics.PASS_DURATION.labels(name).observe(report.seconds)
+        self.health.record(name, PassOutcome(
+            report.outcome, report.error, fatal=report.exit_code == 2,
+            read=report.counts["read"], sent=report.counts["sent"]))
 
-                def on_page(name: str, rows: int) -> None:
-                    nonlocal done
-                    if name != stream:
-                        return
-                    done += rows
-                    rate = done / max(time.monotonic() - started, 1e-6)
-                    progress.update(task, advance=rows, rate=f"{rate:,.0f}/s")
+    def _keep_lock(self) -> str | None:
+        """Take the daemon lock again if its file went with a deleted state folder, so that
+        a second daemon is still refused."""
+        if self.lock.path.exists():
+            return None
+        self.lock.release()
+        try:
+            self.lock = DaemonLock(self.settings.state).acquire()
+        except (ConnectorError, OSError) as exc:
+            problem = f"the daemon lock {self.lock.path} was deleted and cannot be taken " \
+                      f"again ({exc}); stopping"
+            log.error(problem)
+            return problem
+        log.warning("the daemon lock %s was deleted; taken again", self.lock.path)
+        return None
 
-                ctx.on_page = on_page
-                return await run_pass(ctx, stream, Backfill(since, until, resend, restart))
-
-    report = asyncio.run(go())
-    console.print(report.line() + ("" if report.outcome != "stopped"
-                                   else "; stopped, run the same command to resume"),
-                  markup=False)
-    return report.exit_code
-
-
-async def _range_size(ctx: Context, stream: str, since: Any, until: Any) -> int:
-    section = "contacts" if stream in ctx.settings.contacts else "events"
-    try:
-        bound = ctx.source.bind(stream, ctx.settings.streams[stream], section)
-        return await asyncio.to_thread(ctx.source.count, bound,
-                                       ctx.source.coerce(bound, since) if since else None,
-                                       ctx.source.coerce(bound, until) if until else None)
-    except ConnectorError:
-        return 0  # the pass itself will report the problem
+    async def _finish_running(self) -> None:
+        """Let the running passes finish their page, within `daemon.stop_timeout`."""
+        tasks = dict(self.running)
+        if not tasks:
+            return
+        timeout = self.settings.daemon.stop_timeout.total_seconds()
+        log.info("stopping: finishing the page in flight of %s (at most %gs: "
+                 "daemon.stop_timeout; a second signal stops at once)", ", ".join(tasks), timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        hurry = asyncio.create_task(self.hurry.wait())
+        pending = set(tasks.values())
+        while pending and not self.hurry.is_set() and loop.time() < deadline:
+            await asyncio.wait([*pending, hurry], timeout=deadline - loop.time(),
+                               return_when=asyncio.FIRST_COMPLETED)
+            pending = {task for task in pending if not task.done()}
+        hurry.cancel()
+        cut = [name for name, task in tasks.items() if not task.done()]
+        if not cut:
+            return
+        for name in cut:
+            tasks[name].cancel()
+        await asyncio.gather(*(tasks[name] for name in cut), return_exceptions=True)
+        note = "cut short at stop: the page in flight was not recorded"
+        with contextlib.suppress(ConnectorError, sqlite3.Error):
+            self.ctx.state.finish_unfinished_runs(cut, self.first_run, "stopped", note)
+        log.warning("stopped before the pass of %s finished its page (daemon.stop_timeout "
+                    "%gs): what that page sent before it was recorded may be sent again at "
+                    "the next start", ", ".join(cut), timeout)

@@ -20,7 +20,7 @@ from connector.context import SendKind
 from connector.errors import ApiUnavailable
 from connector.mapping import Link, event_body
 from connector.plan import ContactPlan, EventItem, EventPlan, dead_letter
-from connector.state import Commit, Delivered, FlagState, LinkKey
+from connector.state import Commit, Delivered, FlagState, LinkKey, Sent
 from connector.values import Counts, iso_z, now_utc
 from connector.wiraya import Result, Wiraya
 
@@ -52,6 +52,7 @@ class Delivery:
     zone: tzinfo
     on_send: OnSend | None = None
     counts: Counts = field(default_factory=Counts)
+    max_attempts: int = 6  # tries of an event that got no reply, over all passes
 
     async def contacts(self, plan: ContactPlan) -> Commit:
         """Upserts first (a link or an event needs its contact), then links and events."""
@@ -81,20 +82,46 @@ class Delivery:
         return commit
 
     async def events(self, plan: EventPlan) -> Commit:
+        """Each event once. A try that went out and got no reply (a timeout, a connection
+        lost after sending) may have arrived: such tries have a budget of `max_attempts`
+        per event over all passes, after which the event is held as uncertain instead of
+        being sent again and again."""
         commit = Commit(held=list(plan.held), cleared=list(plan.cleared))
-        results = await self._events(plan.send, lambda keys: Commit(ledger=keys))
+        limit = self.max_attempts
+        budget = {item.key: limit - plan.unanswered.get(item.key, 0) for item in plan.send}
+        identity = {item.key: item.identity for item in plan.send}
+
+        def as_replies_come(results: dict[str, Result]) -> Commit:
+            return Commit(
+                ledger=[Sent(key, identity[key]) for key, result in results.items()
+                        if result.ok],
+                held=[dead_letter(self.stream, key, result.reason, retriable=True,
+                                  unanswered=result.ambiguous_attempts)
+                      for key, result in results.items()
+                      if not result.ok and result.ambiguous_attempts])
+
+        items = [item for item in plan.send if budget[item.key] > 0]
+        results = await self._events(items, as_replies_come, budget,
+                                     {key: self._idempotency_key(key, value)
+                                      for key, value in identity.items()})
+        results.update({item.key: _spent(limit) for item in plan.send if budget[item.key] <= 0})
         fail_if_unreachable("events", results.values())
         contact = {item.key: item.contact_id for item in plan.send}
         for key, result in results.items():
             if result.ok:
-                commit.ledger.append(key)
+                commit.ledger.append(Sent(key, identity[key]))
                 self.counts.sent += 1
                 if key in plan.on_record:
                     commit.cleared.append(key)
-            else:
-                self._dead(commit, key, result, digest=plan.digests[key],
-                           contact_id=contact[key])
+                continue
+            tries = plan.unanswered.get(key, 0) + result.ambiguous_attempts
+            if tries >= limit:
+                result = _spent(tries, result.reason)
+            self._dead(commit, key, result, digest=plan.digests[key], contact_id=contact[key])
         return commit
+
+    def _idempotency_key(self, key: str, identity: bytes | None) -> str:
+        return f"{self.stream}:{key}:{identity.hex() if identity else ''}"
 
     async def _links(self, links: list[LinkKey], commit: Commit, failed: set[str]) -> None:
         for link, result in zip(links, await self._link(links), strict=True):
@@ -111,8 +138,9 @@ class Delivery:
         items = [EventItem(FLAG.join((flag.contact_id, flag.event)), flag.contact_id,
                            event_body(flag.event, flag.at or iso_z(now_utc(), self.zone)))
                  for flag in plan.emit if flag.contact_id in present]
-        results = await self._events(items, lambda keys: Commit(
-            flags=[FlagState(*_flag(key), True) for key in keys]))
+        results = await self._events(items, lambda results: Commit(
+            flags=[FlagState(*_flag(key), True) for key, result in results.items()
+                   if result.ok]))
         emitted: set[tuple[str, str]] = set()
         for item in items:
             result = results[item.key]
@@ -157,20 +185,32 @@ class Delivery:
         return await self.api.link_contacts(bodies, done)
 
     async def _events(self, events: Sequence[EventItem],
-                      commit_for: Callable[[list[str]], Commit]) -> dict[str, Result]:
+                      commit_for: Callable[[dict[str, Result]], Commit],
+                      budget: dict[str, int] | None = None,
+                      idempotency_keys: dict[str, str] | None = None) -> dict[str, Result]:
         if self.api is None:
             self._heard("event", [(item.key, item.body) for item in events])
             return {item.key: Result.accepted() for item in events}
 
         def done(results: dict[str, Result]) -> None:
-            self.record(commit_for([key for key, result in results.items() if result.ok]))
+            self.record(commit_for(results))
 
-        return await self.api.send_events(events, done)
+        return await self.api.send_events(
+            [(item.key, item.contact_id, item.body) for item in events], done,
+            budget=budget, idempotency_keys=idempotency_keys)
 
     def _heard(self, kind: SendKind, items: Iterable[tuple[str, dict[str, Any]]]) -> None:
         if self.on_send is not None:
             for key, body in items:
                 self.on_send(kind, key, body)
+
+
+def _spent(tries: int, last: str = "") -> Result:
+    """An event whose tries without a reply used up its budget: held, not sent again."""
+    return Result(False, f"uncertain: may have arrived: {tries} tries got no reply"
+                         + (f" (last: {last})" if last else "")
+                         + "; not sent again by itself: `connector dead-letters retry` sends it "
+                           "once more", retriable=False)
 
 
 def _flag(key: str) -> tuple[str, str]:

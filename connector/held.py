@@ -12,20 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from connector import config
 from connector.context import Context
 from connector.cursor import cursor_value
+from connector.logs import for_stream
 from connector.mapping import Rejected, as_key
 from connector.plan import NO_ID, bad_key, dead_letter
 from connector.source import BoundStream, Rows
 from connector.state import Commit, Held
 from connector.values import Counts
-
-log = logging.getLogger("connector.held")
 
 RECHECK_LIMIT = 1000  # held rows looked at again per pass
 
@@ -91,8 +89,8 @@ async def reread(ctx: Context, pages: Pages, held: Sequence[Held], force: bool) 
         if item.row_key.startswith(NO_ID):
             gone += await _find_without_id(ctx, pages, item, force)
     if gone:
-        log.info("%s: %d held row(s) no longer exist in the database or now have an id; "
-                 "they are no longer held", pages.name, len(gone))
+        for_stream(pages.name).info("%d held row(s) no longer exist in the database or now "
+                                    "have an id; they are no longer held", len(gone))
         await pages.commit_locked(Commit(cleared=gone))
     return len(gone)
 

@@ -79,6 +79,17 @@ class MappedEvent:
     contact_id: str
     body: dict[str, Any]
 
+    @property
+    def identity(self) -> bytes:
+        """What this event is, whatever its row's id: its contact and when it happened. A
+        row that reuses a sent row's id with another contact or time is another event."""
+        return event_identity(self.contact_id, str(self.body.get("at", "")))
+
+
+def event_identity(contact_id: str, at: str) -> bytes:
+    return hashlib.blake2b(f"{contact_id}\x1f{at}".encode(errors="surrogatepass"),
+                           digest_size=12).digest()
+
 
 # ---------------------------------------------------------------------------
 # Ids

@@ -51,7 +51,7 @@ class StreamPages:
         self.held_now: set[str] = set()  # rows this pass has just held: not re-checked now
         self.any_held = ctx.state.has_held(name)  # else no held row is looked up per page
         self.delivery = Delivery(name, ctx.api, self._record_now, zone, ctx.on_send,
-                                 self.counts)
+                                 self.counts, ctx.settings.wiraya.max_attempts)
 
     @asynccontextmanager
     async def lock(self) -> AsyncIterator[bool]:
@@ -147,6 +147,11 @@ class StreamPages:
         on_record = self._held_of(keys)
         mapped = plan.map_events(self.name, rows, keyed, mapper, self.columns,
                                  state.sent_events(self.name, keys), on_record)
+        if mapped.reused:
+            self.log.info("%d row(s) reuse the id of an event sent before, with another "
+                          "contact or time (a truncated or recreated table, or ids given out "
+                          "again): sent as new events, e.g. id %s", len(mapped.reused),
+                          short(mapped.reused[0], 40))
         assert isinstance(self.stream, config.EventStream)
         waits_for = self.ctx.settings.contact_streams_for(self.stream)
         absent: dict[str, str] = {}

@@ -31,9 +31,9 @@ class Columns(NamedTuple):
 
 def dead_letter(stream: str, key: str, reason: str, *, retriable: bool = False,
                 digest: Digest | None = None, cursor: Any = None,
-                contact_id: str | None = None) -> Held:
+                contact_id: str | None = None, unanswered: int = 0) -> Held:
     return Held(stream, key, "dead", reason[:500], retriable, contact_id=contact_id,
-                cursor=cursor_json(cursor), payload_digest=digest)
+                cursor=cursor_json(cursor), payload_digest=digest, unanswered=unanswered)
 
 
 def bad_key(raw_id: Any, cursor: Any = None) -> str:
@@ -192,6 +192,7 @@ class MappedEvents:
 
     mapped: dict[str, MappedEvent] = field(default_factory=dict)
     cleared: list[str] = field(default_factory=list)  # held, and in the ledger after all
+    reused: list[str] = field(default_factory=list)  # ids on record for another event
     held: list[Held] = field(default_factory=list)
     on_record: set[str] = field(default_factory=set)
     counts: Counts = field(default_factory=Counts)
@@ -201,30 +202,43 @@ class MappedEvents:
 
 
 def map_events(stream: str, rows: Rows, keyed: Keyed, mapper: EventMapper,
-               columns: Columns, sent: set[str], held: Mapping[str, Held]) -> MappedEvents:
+               columns: Columns, sent: Mapping[str, bytes | None],
+               held: Mapping[str, Held]) -> MappedEvents:
+    """Map the rows that are not in the ledger as the event they are now. A row whose id is
+    on record with another contact or time (its table was truncated or recreated, or its
+    id given out again) is a new event."""
     out = MappedEvents(held=keyed.held, counts=keyed.counts,
                        on_record={key for key in keyed.index if key in held})
     for key, number in keyed.index.items():
         row = rows.rows[number]
-        if key in sent:
-            out.counts.skipped += 1
-            if key in held:
-                out.cleared.append(key)
-            continue
         try:
-            out.mapped[key] = mapper.map(row)
+            event = mapper.map(row)
         except Rejected as exc:
+            if key in sent:  # sent when it could be mapped: history, not a new problem
+                out.counts.skipped += 1
+                continue
             out.held.append(dead_letter(stream, key, exc.reason, cursor=row[columns.cursor]))
             out.counts.dead += 1
+            continue
+        if key in sent:
+            identity = sent[key]
+            if identity is None or identity == event.identity:
+                out.counts.skipped += 1
+                if key in held:
+                    out.cleared.append(key)
+                continue
+            out.reused.append(key)
+        out.mapped[key] = event
     return out
 
 
 class EventItem(NamedTuple):
-    """One event to send: its ledger key, its contact and its body."""
+    """One event to send: its ledger key, its contact, its body and what it is."""
 
     key: str
     contact_id: str
     body: dict[str, Any]
+    identity: bytes | None = None
 
 
 @dataclass
@@ -235,6 +249,9 @@ class EventPlan:
     held: list[Held]
     on_record: set[str]
     counts: Counts
+    # Tries of each event to send that went out before and got no reply (a forced retry
+    # starts afresh).
+    unanswered: dict[str, int] = field(default_factory=dict)
 
 
 def plan_events(stream: str, mapped: MappedEvents, held: Mapping[str, Held],
@@ -253,7 +270,10 @@ def plan_events(stream: str, mapped: MappedEvents, held: Mapping[str, Held],
         if diff.decide(digest, memory(None, held.get(key)), force) == "known-bad":
             counts.skipped += 1
             continue
-        plan.send.append(EventItem(key, event.contact_id, event.body))
+        plan.send.append(EventItem(key, event.contact_id, event.body, event.identity))
+        before = held.get(key)
+        if before is not None and before.unanswered and not force:
+            plan.unanswered[key] = before.unanswered
     return plan
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from connector import checks, config
 from connector.cursor import resolve_lookback
+from connector.dialects import mysql
 from connector.errors import ConnectorError, SourceError, StateError
 from connector.source import Source
 from connector.state import State
@@ -16,9 +17,10 @@ from connector.wiraya import Wiraya
 
 
 def _open_state(settings: config.Settings) -> State | None:
+    """The state file to read from; reading it never writes it (nor migrates it)."""
     if not settings.state.exists():
         return None
-    return State.open(settings.state, create=False)
+    return State.for_dry_run(settings.state)
 
 
 def _show(position: Position | None) -> str | None:
@@ -133,9 +135,11 @@ def _check_streams(settings: config.Settings, source: Source) -> list[tuple[str,
             findings.append(("warn", f"{place}: {stream.table} is a view; make sure the "
                                      f"table under it has an index on {stream.cursor}"))
         elif not source.cursor_indexed(bound):
+            statement = mysql.index_statement(str(stream.table), stream.cursor, stream.id) \
+                if source.dialect == "mysql" \
+                else f"CREATE INDEX ON {stream.table} ({stream.cursor}, {stream.id})"
             findings.append(("warn", f"{place}: no index starts with {stream.cursor}, so every "
-                                     f"pass reads the whole table; add one: CREATE INDEX ON "
-                                     f"{stream.table} ({stream.cursor}, {stream.id})"))
+                                     f"pass reads the whole table; add one: {statement}"))
         if bound.cursor_nullable:
             findings.append(("warn", f"{place}: {stream.cursor} may be NULL; such rows are held "
                                      "as dead letters until they get a value"))
@@ -143,6 +147,8 @@ def _check_streams(settings: config.Settings, source: Source) -> list[tuple[str,
 
 
 def _check_guard(source: Source) -> list[tuple[str, str]]:
+    if source.dialect == "mysql":
+        return [mysql.guard_finding(source.guard_visibility())]
     if source.dialect != "postgresql":
         return []
     visibility = source.guard_visibility()

@@ -9,23 +9,30 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.engine import Engine, Row
+from sqlalchemy.engine import Connection, Engine, Row
 
 from connector import config
 from connector.cursor import CursorKind, comparable
+from connector.dialects import mysql
 from connector.errors import SourceError
 from connector.values import Position
 
 APPLICATION_NAME = "wiraya-connector"
 
 CURSOR_KINDS = ("timestamp", "timestamptz", "date", "integer", "number")
+TIME_KINDS = ("timestamp", "timestamptz", "date")
+
+log = logging.getLogger("connector.source")
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -102,9 +109,14 @@ class _Server:
 
     def __init__(self, settings: config.Source) -> None:
         self.settings = settings
-        url = sa.engine.make_url(settings.url.get_secret_value())
+        driver = settings.driver_url
+        if driver.note:
+            log.debug(driver.note)
+        url = sa.engine.make_url(driver.url)
         self.dialect = url.get_backend_name()
         connect_args: dict[str, Any] = {}
+        if self.dialect == "mysql":
+            connect_args = mysql.connect_args(settings.connect_timeout.total_seconds())
         if self.dialect == "postgresql":
             timeout_ms = int(settings.statement_timeout.total_seconds() * 1000)
             connect_args = {
@@ -119,6 +131,10 @@ class _Server:
                                                pool_pre_ping=True, pool_size=4, max_overflow=4)
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _sqlite_read_only)
+        if self.dialect == "postgresql":
+            event.listen(self.engine, "connect", _utc_session)
+        if self.dialect == "mysql":
+            mysql.prepare(self.engine, settings.statement_timeout.total_seconds())
         self._bound: dict[str, BoundStream] = {}
 
     def close(self) -> None:
@@ -132,6 +148,8 @@ class _Server:
         A row written by that transaction may carry a cursor value from its start and
         become visible only when it commits: the read must start no later than that.
         """
+        if self.dialect == "mysql":
+            return self._ask(mysql.oldest_open_transaction, "reading innodb_trx failed")
         if self.dialect != "postgresql":
             return None
         query = sa.text(
@@ -148,6 +166,8 @@ class _Server:
 
     def guard_visibility(self) -> str:
         """'all' when the role sees every session's transactions, 'own' when only its own."""
+        if self.dialect == "mysql":
+            return self._ask(mysql.guard_visibility, "checking the user's rights failed")
         if self.dialect != "postgresql":
             return "none"
         query = sa.text(
@@ -160,7 +180,9 @@ class _Server:
             raise SourceError(f"checking the role's rights failed: {describe(exc)}") from None
 
     def now(self) -> datetime:
-        """The database's clock (PostgreSQL), else this machine's, as an aware time."""
+        """The database's clock (PostgreSQL, MySQL), else this machine's, as an aware time."""
+        if self.dialect == "mysql":
+            return self._ask(mysql.now, "the database did not answer")
         if self.dialect == "postgresql":
             try:
                 with self.engine.connect() as conn:
@@ -171,12 +193,22 @@ class _Server:
             return value
         return datetime.now(self.settings.zone)
 
+    def _ask(self, question: Callable[[Connection], T], failure: str) -> T:
+        """One dialect module question on a connection of its own."""
+        try:
+            with self.engine.connect() as conn:
+                return question(conn)
+        except sa.exc.SQLAlchemyError as exc:
+            raise SourceError(f"{failure}: {describe(exc)}") from None
+
     def ping(self) -> str:
         """Connect and ask for the server version; raises SourceError with a clear line."""
         try:
             with self.engine.connect() as conn:
                 if self.dialect == "postgresql":
                     return str(conn.execute(sa.text("SHOW server_version")).scalar())
+                if self.dialect == "mysql":
+                    return mysql.version(conn)
                 return "SQLite " + str(conn.execute(sa.text("SELECT sqlite_version()")).scalar())
         except sa.exc.SQLAlchemyError as exc:
             raise SourceError(f"cannot reach the database at {self.settings.display_url}: "
@@ -196,7 +228,8 @@ class Source(_Server):
         place = f"{section}.{name}"
         try:
             with self.engine.connect() as conn:
-                table = sa.Table(stream.table.name, sa.MetaData(), schema=stream.table.schema_,
+                meta = mysql.metadata() if self.dialect == "mysql" else sa.MetaData()
+                table = sa.Table(stream.table.name, meta, schema=stream.table.schema_,
                                  autoload_with=conn)
                 is_view = stream.table.name in sa.inspect(conn).get_view_names(
                     schema=stream.table.schema_)
@@ -235,7 +268,8 @@ class Source(_Server):
 
     def narrowed(self, bound: BoundStream, salt: str) -> BoundStream:
         """The stream read narrow where the server can digest rows (PostgreSQL), else as is."""
-        return replace(bound, digest_salt=salt) if self.dialect == "postgresql" else bound
+        return replace(bound, digest_salt=salt) if self.dialect in {"postgresql", "mysql"} \
+            else bound
 
     def cursor_indexed(self, bound: BoundStream) -> bool:
         """Whether an index starts with the cursor column (a view: never known)."""
@@ -297,6 +331,8 @@ class Source(_Server):
                 floor: Any, until: Any) -> sa.Select[Any]:
         cursor, id_ = bound.cursor, bound.id
         query = query.where(cursor.is_not(None), id_.is_not(None))
+        if self.dialect == "mysql" and bound.cursor_kind in TIME_KINDS:
+            query = query.where(mysql.real_time(cursor))
         if floor is not None:
             query = query.where(cursor >= self.coerce(bound, floor))
         if after is not None:
@@ -330,6 +366,8 @@ class Source(_Server):
             conditions.append(null_id)
         if bound.cursor_nullable:
             conditions.append(bound.cursor.is_(None))
+        if self.dialect == "mysql" and bound.cursor_kind in TIME_KINDS:
+            conditions.append(mysql.zero_time(bound.cursor))
         if not conditions:
             return self._rows(bound, [])
         query = self._select(bound).where(sa.or_(*conditions)).limit(limit)
@@ -346,6 +384,20 @@ class Source(_Server):
         if bound.digest_salt is None:
             return Rows(rows)
         return Rows([row[:-1] for row in rows], [row[-1] for row in rows])
+
+    def table_identity(self, bound: BoundStream) -> str | None:
+        """What changes when the table is truncated or recreated (PostgreSQL: its oid and
+        file node); None where the database cannot tell."""
+        if self.dialect != "postgresql" or bound.is_view:
+            return None
+        query = sa.text("SELECT oid::text || '/' || pg_relation_filenode(oid)::text "
+                        "FROM pg_class WHERE oid = to_regclass(:name)")
+        try:
+            with self.engine.connect() as conn:
+                value = conn.execute(query, {"name": _regclass(bound)}).scalar()
+        except sa.exc.SQLAlchemyError as exc:
+            raise SourceError(f"{bound.name}: reading pg_class failed: {describe(exc)}") from None
+        return str(value) if value is not None else None
 
     def highest_cursor(self, bound: BoundStream) -> Any:
         """The highest cursor value visible now (an index lookup with a cursor index)."""
@@ -368,8 +420,7 @@ class Source(_Server):
             return sa.select(*bound.columns)
         return sa.select(*bound.columns, self._digest(bound))
 
-    @staticmethod
-    def _digest(bound: BoundStream) -> sa.ColumnElement[Any]:
+    def _digest(self, bound: BoundStream) -> sa.ColumnElement[Any]:
         """A 64-bit hash of the row's values as text, seeded with the mapping's salt.
 
         `hashtextextended` (PostgreSQL 11+) is the hash behind hash partitioning: stable,
@@ -377,6 +428,8 @@ class Source(_Server):
         once more and compared by payload: nothing is resent.
         """
         assert bound.digest_salt is not None
+        if self.dialect == "mysql":
+            return mysql.digest(bound.columns, bound.digest_salt)
         seed = int.from_bytes(hashlib.blake2b(bound.digest_salt.encode(), digest_size=8)
                               .digest(), "big", signed=True)
         values = sa.cast(sa.func.row(*bound.columns), sa.Text)
@@ -408,6 +461,20 @@ class Source(_Server):
         if bound.cursor_kind == "date" and isinstance(value, datetime):
             return value.date()
         return value
+
+
+def _regclass(bound: BoundStream) -> str:
+    """The table's name as `to_regclass` reads it: each part double-quoted."""
+    parts = [bound.table.schema, bound.table.name] if bound.table.schema else [bound.table.name]
+    return ".".join('"' + part.replace('"', '""') + '"' for part in parts)
+
+
+def _utc_session(dbapi_connection: Any, _record: Any) -> None:
+    # libpq sends $PGTZ at connection start, over the TimeZone in the options; the row
+    # digests and the text of times must not depend on this machine's environment.
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute("SET TimeZone TO 'UTC'")
+    dbapi_connection.commit()
 
 
 def cursor_kind(column_type: sa.types.TypeEngine[Any]) -> str | None:

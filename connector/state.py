@@ -111,6 +111,20 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE runs ADD COLUMN counts TEXT;
     """,
+    # 3: what an event was (a digest of its contact and time), so that a new row that
+    # reuses a sent row's id (a truncated or recreated table, an id given out again) is
+    # told apart from it. NULL for events sent before: those match by id alone.
+    # And what the database says of each stream's table (PostgreSQL: oid and file node),
+    # which changes when the table is truncated or recreated.
+    """
+    ALTER TABLE ledger ADD COLUMN identity BLOB;
+    ALTER TABLE streams ADD COLUMN table_identity TEXT;
+    """,
+    # 4: tries of an event that went out and got no reply, over all passes: such an event
+    # may have arrived, so its tries have a total budget (see deliver.py).
+    """
+    ALTER TABLE held ADD COLUMN unanswered INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 RUNS_KEPT = 500  # per stream; the history stays bounded
@@ -145,6 +159,7 @@ class Held:
     payload_digest: Digest | None = None
     first_seen: str = ""
     last_seen: str = ""
+    unanswered: int = 0  # tries that got no reply; on a commit, added to those on record
 
 
 class Delivered(NamedTuple):
@@ -178,6 +193,13 @@ class BackfillProgress(NamedTuple):
     rows: int
 
 
+class Sent(NamedTuple):
+    """An event Wiraya accepted: its row's key and what the event was (`event_identity`)."""
+
+    key: str
+    identity: bytes | None
+
+
 @dataclass
 class Commit:
     """Everything one page produced, written in one transaction."""
@@ -186,7 +208,7 @@ class Commit:
     contacts: list[Delivered] = field(default_factory=list)
     links: list[LinkKey] = field(default_factory=list)
     flags: list[FlagState] = field(default_factory=list)
-    ledger: list[str] = field(default_factory=list)
+    ledger: list[Sent] = field(default_factory=list)
     held: list[Held] = field(default_factory=list)
     cleared: list[str] = field(default_factory=list)
 
@@ -233,15 +255,8 @@ class _File:
             conn.execute("PRAGMA foreign_keys=ON")
             state = cls(conn, path)
             state._migrate()
-        except sqlite3.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
-                raise StateError(f"state file {path} is locked by another process; wait for it "
-                                 "to finish, or stop the other connector") from None
-            raise StateError(f"cannot use state file {path}: {exc}") from None
-        except sqlite3.DatabaseError as exc:
-            raise StateError(f"state file {path} is corrupt or not a connector state file "
-                             f"({exc}); move it aside to start afresh (the next pass then "
-                             "resends every contact) or restore a backup") from None
+        except sqlite3.Error as exc:
+            raise _refusal(path, exc) from None
         return state
 
     @classmethod
@@ -266,8 +281,8 @@ class _File:
             conn.close()
             state = cls(memory, path)
             state._migrate()
-        except sqlite3.DatabaseError as exc:
-            raise StateError(f"cannot read state file {path}: {exc}") from None
+        except sqlite3.Error as exc:
+            raise _refusal(path, exc) from None
         return state
 
     def close(self) -> None:
@@ -338,6 +353,26 @@ class _Memory(_File):
                    "ON CONFLICT (name) DO UPDATE SET high = excluded.high, "
                    "updated_at = excluded.updated_at",
                    (stream, position.to_json() if position else None, _now_text()))
+
+    def table_identity(self, stream: str) -> str | None:
+        row = self._conn.execute("SELECT table_identity FROM streams WHERE name = ?",
+                                 (stream,)).fetchone()
+        return row[0] if row else None
+
+    def restart_stream(self, stream: str, identity: str | None) -> None:
+        """The stream's table is new (truncated, recreated): forget where it was read to,
+        keep what was delivered (digests, ledger), and note the table's identity."""
+        with self._write() as db:
+            db.execute("INSERT INTO streams (name, table_identity, updated_at) VALUES (?, ?, ?) "
+                       "ON CONFLICT (name) DO UPDATE SET high = NULL, checkpoints = NULL, "
+                       "table_identity = excluded.table_identity, "
+                       "updated_at = excluded.updated_at", (stream, identity, _now_text()))
+
+    def note_table_identity(self, stream: str, identity: str) -> None:
+        with self._write() as db:
+            db.execute("INSERT INTO streams (name, table_identity, updated_at) VALUES (?, ?, ?) "
+                       "ON CONFLICT (name) DO UPDATE SET table_identity = "
+                       "excluded.table_identity", (stream, identity, _now_text()))
 
     def checkpoints(self, stream: str) -> list[tuple[float, str]]:
         """Recent `(unix time, high position JSON)` pairs, oldest first."""
@@ -412,13 +447,15 @@ class _Memory(_File):
                 found[(contact_id, event)] = bool(active)
         return found
 
-    def sent_events(self, stream: str, keys: Sequence[str]) -> set[str]:
-        found: set[str] = set()
+    def sent_events(self, stream: str, keys: Sequence[str]) -> dict[str, bytes | None]:
+        """`{row key: identity}` of the events on record among these keys (identity None:
+        sent by a connector that did not keep it)."""
+        found: dict[str, bytes | None] = {}
         for part in _chunks(keys):
             rows = self._conn.execute(
-                f"SELECT row_id FROM ledger WHERE stream = ? AND row_id IN ({_marks(part)})",
-                (stream, *part))
-            found.update(row[0] for row in rows)
+                "SELECT row_id, identity FROM ledger WHERE stream = ? "
+                f"AND row_id IN ({_marks(part)})", (stream, *part))
+            found.update((key, identity) for key, identity in rows)
         return found
 
     def held(self, stream: str, keys: Sequence[str] | None = None,
@@ -535,6 +572,40 @@ class _History(_File):
                                  (stream,)).fetchone()
         return int(row[0])
 
+    # -- for the daemon: a state file lost or full under a running process -------------------
+
+    def probe_write(self) -> None:
+        """Commit a one-page write (the schema version, unchanged), so that a full disk or a
+        file that cannot be written shows as a `StateError` before a pass sends anything."""
+        version = self.schema_version
+        with self._write() as db:
+            db.execute(f"PRAGMA user_version = {int(version)}")
+
+    def backup_to(self, target: Path) -> None:
+        """Copy the whole state, as this connection sees it (even from a deleted file), into a
+        new SQLite file at `target` (SQLite's online backup API)."""
+        copy = sqlite3.connect(target)
+        try:
+            self._conn.backup(copy)
+        finally:
+            copy.close()
+
+    def reopen(self) -> None:
+        """Close the connection, then open the file at `self.path` again (after it was put
+        back). Closed first: SQLite removes a closing connection's -wal and -shm by name."""
+        self._conn.close()
+        self._conn = State.open(self.path, create=False)._conn
+
+    def finish_unfinished_runs(self, streams: Sequence[str], after_id: int, outcome: str,
+                               note: str) -> int:
+        """Close the runs still marked running (a pass cut short), newer than `after_id`."""
+        with self._write() as db:
+            cursor = db.execute(
+                f"UPDATE runs SET outcome = ?, error = ?, finished_at = ? WHERE id > ? AND "
+                f"outcome = 'running' AND stream IN ({_marks(streams)})",
+                (outcome, note, _now_text(), after_id, *streams))
+            return int(cursor.rowcount)
+
 
 class State(_Memory, _History):
     """The state file. Use from one thread; other processes may share the file (WAL)."""
@@ -562,8 +633,11 @@ class State(_Memory, _History):
                                "(stream, contact_id, event) DO UPDATE SET active = excluded.active",
                                [(stream, cid, event, int(on)) for cid, event, on in page.flags])
             if page.ledger:
-                db.executemany("INSERT OR IGNORE INTO ledger VALUES (?, ?, ?)",
-                               [(stream, key, stamp) for key in page.ledger])
+                db.executemany("INSERT INTO ledger (stream, row_id, sent_at, identity) "
+                               "VALUES (?, ?, ?, ?) ON CONFLICT (stream, row_id) DO UPDATE "
+                               "SET sent_at = excluded.sent_at, identity = excluded.identity",
+                               [(stream, key, stamp, identity)
+                                for key, identity in page.ledger])
             if page.cleared:
                 for part in _chunks(page.cleared):
                     db.execute(f"DELETE FROM held WHERE stream = ? AND row_key IN ({_marks(part)})",
@@ -571,15 +645,16 @@ class State(_Memory, _History):
             if page.held:
                 db.executemany(
                     "INSERT INTO held (stream, row_key, state, reason, retriable, attempts, "
-                    "contact_id, cursor, payload_digest, first_seen, last_seen) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (stream, row_key) "
+                    "contact_id, cursor, payload_digest, first_seen, last_seen, unanswered) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (stream, row_key) "
                     "DO UPDATE SET state = excluded.state, reason = excluded.reason, "
                     "retriable = excluded.retriable, attempts = held.attempts + 1, "
                     "contact_id = excluded.contact_id, cursor = excluded.cursor, "
-                    "payload_digest = excluded.payload_digest, last_seen = excluded.last_seen",
+                    "payload_digest = excluded.payload_digest, last_seen = excluded.last_seen, "
+                    "unanswered = held.unanswered + excluded.unanswered",
                     [(stream, h.row_key, h.state, h.reason, int(h.retriable), h.attempts,
-                      h.contact_id, h.cursor, h.payload_digest, text_now, text_now)
-                     for h in page.held])
+                      h.contact_id, h.cursor, h.payload_digest, text_now, text_now,
+                      h.unanswered) for h in page.held])
             if page.watermark is not None:
                 self._put_watermark(db, stream, page.watermark)
 
@@ -613,6 +688,18 @@ class State(_Memory, _History):
                 db.execute(f"DELETE FROM {table} WHERE stream = ?", (stream,))
 
 
+def _refusal(path: Path, exc: sqlite3.Error) -> StateError:
+    """Why a state file cannot be used, and what to do about it."""
+    if isinstance(exc, sqlite3.OperationalError):
+        if "locked" in str(exc) or "busy" in str(exc):
+            return StateError(f"state file {path} is locked by another process; wait for it "
+                              "to finish, or stop the other connector")
+        return StateError(f"cannot use state file {path}: {exc}")
+    return StateError(f"state file {path} is corrupt or not a connector state file ({exc}); "
+                      "move it aside to start afresh (the next pass then resends every "
+                      "contact) or restore a backup")
+
+
 def _run(row: tuple[Any, ...]) -> Run:
     (id_, stream, kind, started_at, finished_at, outcome, error, counts, read, sent, skipped,
      dead, waiting) = row
@@ -625,9 +712,9 @@ def _run(row: tuple[Any, ...]) -> Run:
 
 def _held(row: sqlite3.Row | tuple[Any, ...]) -> Held:
     (stream, row_key, state, reason, retriable, attempts, contact_id, cursor, payload_digest,
-     first_seen, last_seen) = row
+     first_seen, last_seen, unanswered) = row
     return Held(stream, row_key, state, reason, bool(retriable), attempts, contact_id, cursor,
-                payload_digest, first_seen, last_seen)
+                payload_digest, first_seen, last_seen, unanswered)
 
 
 def _create_private(path: Path) -> None:

@@ -23,9 +23,9 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
-from connector import held, metrics
+from connector import checks, held, metrics, restart
 from connector.context import Context, StopFlag
 from connector.cursor import Lookback, after, resolve_lookback
 from connector.errors import ConnectorError
@@ -43,7 +43,7 @@ __all__ = ["Backfill", "Context", "How", "Live", "Report", "Retry", "StopFlag", 
 
 @dataclass(frozen=True)
 class Live:
-    kind: PassKind = "live"
+    kind: ClassVar[PassKind] = "live"
 
 
 @dataclass(frozen=True)
@@ -52,12 +52,12 @@ class Backfill:
     until: Any = None
     resend: bool = False  # send every row, whatever the digests say
     restart: bool = False  # start the range again instead of resuming it
-    kind: PassKind = "backfill"
+    kind: ClassVar[PassKind] = "backfill"
 
 
 @dataclass(frozen=True)
 class Retry:
-    kind: PassKind = "retry"
+    kind: ClassVar[PassKind] = "retry"
 
 
 How = Live | Backfill | Retry
@@ -145,8 +145,12 @@ def _record(ctx: Context, report: Report, run_id: int | None) -> None:
 
 async def _live(ctx: Context, pages: StreamPages, lookback: Lookback) -> Position | None:
     """From the watermark less the lookback on; returns the watermark reached."""
-    high = ctx.state.watermark(pages.name)
+    high = restart.watermark_of_this_table(ctx, pages)
     window = _window(ctx, pages, high, lookback)
+    if window.restarted and high is not None:
+        restart.from_the_start(ctx, pages, f"the highest {pages.stream.cursor} is now below "
+                                           f"the watermark ({high.cursor})")
+        high = None
     if window.held_back_by is not None:
         pages.log.info("a transaction open since %s holds the read back",
                        window.held_back_by.isoformat())
@@ -168,6 +172,7 @@ def _window(ctx: Context, pages: StreamPages, high: Position | None,
             lookback: Lookback) -> Window:
     """What the window needs from the database and the state file, handed to `window`."""
     source, state, kind = ctx.source, ctx.state, pages.bound.cursor_kind
+    checks.note_standby(source)  # a standby's guard sees no transaction of the primary
     oldest = source.oldest_open_transaction()
     now = source.now()
     visible: Any = None

@@ -38,6 +38,10 @@ class Window:
     floor: Any
     cap: Any
     held_back_by: datetime | None = None
+    # The highest integer cursor now is below the watermark: the table was truncated or
+    # recreated (ids start again), or its newest rows deleted. The pass reads from the start
+    # and the watermark starts again; the ledger keeps events from being sent twice.
+    restarted: bool = False
 
 
 def live_window(kind: CursorKind, high: Position | None, lookback: Lookback, *,
@@ -48,6 +52,10 @@ def live_window(kind: CursorKind, high: Position | None, lookback: Lookback, *,
     `visible` now and the `checkpoints` taken so far, oldest first."""
     if kind in TIME_KINDS:
         cap = time_cap(kind, now, oldest, zone)
+    elif high is not None and (visible is None or visible < comparable(kind, high.cursor)):
+        # Checkpoints from before are of the old ids: only those still possible count.
+        points = [p for p in checkpoints if visible is not None and p.cursor <= visible]
+        return Window(None, integer_cap(visible, oldest, points, None), restarted=True)
     else:
         cap = integer_cap(visible, oldest, checkpoints, high)
     floor = None if high is None else step_back(high.cursor, lookback)

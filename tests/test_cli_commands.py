@@ -75,7 +75,7 @@ def test_every_command_action_and_option_has_help_and_a_handler() -> None:
     commands = _walk(cli.build_parser())
     names = {" ".join(path) for path, _ in commands}
     assert {"sync", "run", "backfill", "status", "runs", "check", "dead-letters list",
-            "dead-letters retry", "state reset", "sandbox", "demo"} <= names
+            "dead-letters retry", "state reset", "sandbox", "demo", "init"} <= names
     for path, parser in commands:
         for action in parser._actions:
             if not isinstance(action, argparse._SubParsersAction | argparse._HelpAction):

@@ -216,6 +216,7 @@ def check_none(key: str, settings: config.Settings) -> None:
         "contacts.NAME.campaign": lambda: customers.links == [],
         "contacts.NAME.events": lambda: customers.events == [],
         "events.NAME.fields": lambda: settings.events["orders"].fields == {},
+        "wiraya.idempotency_header": lambda: settings.wiraya.idempotency_header is None,
     }
     assert key in absent, f"README: {key} says none/off; tell this test how to see that"
     assert absent[key](), key
@@ -639,10 +640,8 @@ def test_database_urls_accepted(url: str) -> None:
 @pytest.mark.parametrize(
     ("url", "words"),
     [
-        ("mysql://u:p@h/db", "'mysql' database is not supported"),
         ("oracle+cx_oracle://u:p@h/db", "'oracle' database is not supported"),
         ("mssql+pyodbc://u:p@h/db", "'mssql' database is not supported"),
-        ("postgresql://u:p@h/db", "psycopg 3 driver"),
         ("postgresql+psycopg2://u:p@h/db", "psycopg 3 driver"),
         ("not a url at all", "not a database URL"),
         ("", "not a database URL"),
@@ -940,8 +939,9 @@ def test_secrets_hidden_in_config_errors() -> None:
 @pytest.mark.parametrize(
     "url",
     [
-        f"mysql://connector:{DB_PASSWORD}@db/shop",
-        f"postgresql://connector:{DB_PASSWORD}@db/shop",
+        f"oracle://connector:{DB_PASSWORD}@db/shop",
+        f"mysql+mysqldb://connector:{DB_PASSWORD}@db/shop",
+        f"postgres://connector:{DB_PASSWORD}@db:notaport/shop",
         f"postgresql+psycopg://connector:{DB_PASSWORD}@db:notaport/shop",
         f"{DB_PASSWORD}",
     ],

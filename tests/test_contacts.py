@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from connector import config, session
 from connector.sandbox import Sandbox
 from connector.source import Source
+from connector.state import State
 from connector.sync import Report, run_pass
 from tests.conftest import (
     API_KEY,
@@ -167,6 +168,35 @@ def test_open_transaction_guard_holds_the_start_back(db: Database, api: Sandbox,
     slow.close()
     run_passes(path)
     assert set(api.contacts) == {"1", "2", "3"}
+
+
+def test_an_integer_cursor_waits_for_a_transaction_that_took_a_value_and_commits_late(
+        db: Database, api: Sandbox, write_config) -> None:
+    """A bigserial cursor: a transaction takes value 6, stays open past a pass that sees
+    7..60 committed, and commits later; row 6 still arrives (the watermark is held at the
+    highest value seen before that transaction began)."""
+    db.execute("CREATE TABLE members (member_id bigserial PRIMARY KEY, mobile text NOT NULL, "
+               "name text)")
+    add = "INSERT INTO members (mobile, name) SELECT '+4670' || lpad((1000000 + i)::text, " \
+          "7, '0'), 'M' || i FROM generate_series(1, %s) AS i"
+    db.execute(add, (5,))
+    stream = {"table": "members", "id": "member_id", "cursor": "member_id", "lookback": 10,
+              "personal": {"phoneNumber": {"column": "mobile", "region": "SE"},
+                           "givenName": "name"}}
+    path = write_config(contacts={"members": stream})
+    assert run_passes(path)["members"].counts["sent"] == 5
+    slow = psycopg.connect(db.server.dsn(db.name))
+    slow.execute("INSERT INTO members (mobile, name) VALUES ('+46709999999', 'Late')")
+    assert slow.execute("SELECT currval('members_member_id_seq')").fetchone() == (6,)
+    db.execute(add, (54,))  # ids 7..60, committed
+    assert run_passes(path)["members"].counts["sent"] == 54
+    with State.open(path.parent / "state" / "connector.db") as state:
+        watermark = state.watermark("members")
+    assert watermark is not None and watermark.cursor == 5  # held below the open one
+    slow.commit()
+    slow.close()
+    run_passes(path)
+    assert set(api.contacts) == {str(i) for i in range(1, 61)}
 
 
 def test_bad_rows_are_dead_lettered_and_flow_once_fixed(db: Database, api: Sandbox,

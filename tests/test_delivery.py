@@ -54,7 +54,10 @@ def test_everything_arrives_through_faults_and_rate_limits(db: Database, api: Sa
                                 "backoff": "20ms", "backoff_max": "200ms"})
 
     def burst() -> None:  # a 429 burst: Wiraya limits hard for a while, then lets go
-        time.sleep(1.0)
+        # It starts once the connector is sending (its start-up time varies with the load).
+        deadline = time.monotonic() + 120
+        while len(api.requests) < 50 and time.monotonic() < deadline:
+            time.sleep(0.05)
         api.faults.rate_limit = 30
         time.sleep(3.0)
         api.faults.rate_limit = None
@@ -71,8 +74,11 @@ def test_everything_arrives_through_faults_and_rate_limits(db: Database, api: Sa
 
     statuses = Counter(r.status for r in api.requests)
     assert statuses[429] > 0 and statuses[503] > 0 and statuses[0] > 0  # faults happened
-    assert api.requests_during_holdback() == []  # nothing was sent while Retry-After ran
-    assert statuses[401] == 0 or statuses[401] < 20  # tokens renewed before they expired
+    # Nothing was sent while Retry-After ran. A request already on its way when the 429
+    # left the sandbox cannot be called back: on this shared 2-core machine one arrived
+    # 60 ms after a 429 (a 100-contact body, both processes busy); the holds last 1 s.
+    assert api.requests_during_holdback(grace=0.2) == []
+    assert statuses[401] == 0  # every token was renewed before it expired
 
 
 def test_exhausted_retries_become_dead_letters_then_flow(db: Database, api: Sandbox,
@@ -187,3 +193,19 @@ def test_killed_at_any_moment_nothing_is_lost(db: Database, api: Sandbox,
     assert len(seen) == 3_000  # no event lost
     # Resent at most what was in flight when each kill came (the requests, not the rows).
     assert sum(count - 1 for count in seen.values()) <= kills * concurrency
+
+
+def test_a_retry_after_longer_than_max_hold_ends_sync_with_exit_1(db: Database, api: Sandbox,
+                                                                  write_config) -> None:
+    db.execute(CUSTOMERS)
+    add_customers(db, 1, 30)
+    path = write_config(contacts={"customers": customers_stream()},
+                        wiraya={"bulk_size": 1, "concurrency": 2, "max_hold": "5m"})
+    api.faults.rate_limit = 0.001  # after the first request, every call is answered 429
+    api.faults.retry_after = 3600
+    result = cli("--config", str(path), "sync", timeout=60)  # never blocks for the hour
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Wiraya asked every call to wait 3600 s (Retry-After on /api/Contact/{id}), " \
+           "longer than wiraya.max_hold (5m); the pass stops and the next one starts from " \
+           "the same place" in result.stderr
+    assert held_rows(path) == []  # nothing held: the next pass starts from the same place

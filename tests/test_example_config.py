@@ -28,3 +28,10 @@ def test_the_example_config_takes_secrets_from_the_environment() -> None:
                                          "DATABASE_URL": "sqlite:///x.db"})
     assert settings.wiraya.api_key.get_secret_value() == "from-env"
     assert settings.source.display_url == "sqlite:///x.db"
+
+
+def test_the_example_shipped_in_the_package_is_the_one_in_config() -> None:
+    # `connector init --example` prints the packaged copy (the wheel has no config/ folder);
+    # edit config/connector.example.yaml and copy it to connector/examples/.
+    packaged = Path(__file__).parent.parent / "connector" / "examples" / EXAMPLE.name
+    assert packaged.read_bytes() == EXAMPLE.read_bytes()

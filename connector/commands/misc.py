@@ -1,8 +1,10 @@
-"""`sandbox` and `demo`: the local fake API, and the whole flow with nothing set up."""
+"""`sandbox`, `demo` and `init`: the local fake API, the whole flow with nothing set up,
+and a first config written from a look at the database."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -40,3 +42,15 @@ def demo(args: argparse.Namespace) -> int:
 
     logs.setup("text", "debug" if args.verbose else "error")
     return the_demo.run(Path(args.dir) if args.dir else None, output.rich_console())
+
+
+def init(args: argparse.Namespace) -> int:
+    from connector import config
+    from connector import init as the_init
+
+    if args.example:
+        sys.stdout.write(the_init.example())
+        return 0
+    output = args.output or str(config.find(args.config))
+    return the_init.run(args.url, output, args.force, args.region, stdout=sys.stdout,
+                        stderr=sys.stderr)

@@ -1,0 +1,232 @@
+"""Deliberate faults: proof that the tests can fail.
+
+Each fault below breaks one promise of the connector by changing one piece of its code. The
+script applies the faults one at a time to a throwaway copy of the project, runs the tests
+that guard that promise, and reports every fault that no test caught. A fault whose code is
+no longer found (the code moved) is reported too, so the list keeps up with the code.
+
+    python tests/faults.py              # every fault
+    python tests/faults.py ledger dst   # the faults whose names contain these words
+    python tests/faults.py --list
+
+Exit code: 0 when every fault was caught, 1 otherwise. It takes several minutes (the guarding
+tests run once per fault, on real servers), so it is not part of the default test run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Fault:
+    name: str
+    path: str  # relative to the project root
+    old: str  # must occur exactly once in the file
+    new: str
+    tests: tuple[str, ...]  # pytest node ids or files that must go red
+    why: str  # the promise it breaks
+
+
+def _f(name: str, path: str, old: str, new: str, *tests: str, why: str) -> Fault:
+    return Fault(name, path, old, new, tests, why)
+
+
+C = "tests/test_contacts.py"
+E = "tests/test_events.py"
+
+FAULTS: list[Fault] = [
+    # -- where a pass reads and how far its watermark moves (window.py, sync.py)
+    _f("time-cap", "connector/window.py",
+       "        cap = time_cap(kind, now, oldest, zone)\n", "        cap = None\n",
+       f"{C}::test_open_transaction_guard_holds_the_start_back", "tests/test_window.py",
+       why="the watermark of a time cursor passes rows still to commit"),
+    _f("integer-cap", "connector/window.py",
+       "    if oldest is None:\n        return visible", "    if True:\n        return visible",
+       "tests/test_window.py",
+       f"{C}::test_an_integer_cursor_waits_for_a_transaction_that_took_a_value_and_commits_late",
+       why="the open-transaction guard is off for integer cursors"),
+    _f("lookback", "connector/window.py",
+       "floor = None if high is None else step_back(high.cursor, lookback)",
+       "floor = None if high is None else high.cursor",
+       f"{C}::test_a_row_committed_late_within_the_lookback_arrives",
+       why="no lookback: a row committed late is lost"),
+    _f("dst-floor", "connector/window.py",
+       "        floor = read_floor(high.cursor, lookback, zone, now)",
+       "        floor = step_back(high.cursor, lookback)",
+       "tests/test_dst.py::test_rows_written_in_the_repeated_hour_are_read",
+       why="rows written in the repeated autumn hour are never read"),
+    _f("dst-reading", "connector/localtime.py",
+       "return (naive - min(first, second))", "return (naive - max(first, second))",
+       "tests/test_localtime.py",
+       why="an ambiguous local time is read otherwise than PostgreSQL reads it"),
+    _f("table-restart", "connector/restart.py",
+       "    if identity is None or identity == saved or ctx.dry_run:",
+       "    if True:", "tests/test_reuse.py",
+       why="a truncated table is read from the old watermark: new low ids are never read"),
+    # -- what a page sends (plan.py, diff.py, deliver.py)
+    _f("digest-comparison", "connector/diff.py",
+       "    if memory.delivered == digest:", "    if False:",
+       f"{C}::test_ten_thousand_rows_then_only_what_changed", "tests/test_diff.py",
+       why="an unchanged contact is sent again"),
+    _f("ledger-check", "connector/plan.py",
+       "            if identity is None or identity == event.identity:",
+       "            if False:", E,
+       why="an event already sent is sent again"),
+    _f("ledger-identity", "connector/plan.py",
+       "            if identity is None or identity == event.identity:",
+       "            if True:", "tests/test_reuse.py",
+       why="a new event that reuses an old row id is skipped (a lost opt-out)"),
+    _f("wait-for-contact", "connector/plan.py",
+       "        if event.contact_id in absent:", "        if False:",
+       f"{E}::test_an_event_waits_for_its_contact",
+       why="an event is sent before its contact exists"),
+    _f("unanswered-budget", "connector/deliver.py",
+       "budget = {item.key: limit - plan.unanswered.get(item.key, 0) for item in plan.send}",
+       "budget = {item.key: limit for item in plan.send}", "tests/test_unanswered.py",
+       why="an event without a reply is resent on every pass"),
+    _f("page-commit", "connector/page.py",
+       "        self.ctx.state.commit(self.name, commit)\n        if commit.held:",
+       "        if commit.held:",
+       f"{C}::test_ten_thousand_rows_then_only_what_changed",
+       why="a page's outcome and watermark are never written"),
+    _f("dead-letter-recheck", "connector/held.py",
+       "    if not held:\n        return 0\n    waiting",
+       "    if True:\n        return 0\n    waiting",
+       f"{C}::test_bad_rows_are_dead_lettered_and_flow_once_fixed",
+       why="a fixed row never flows again by itself"),
+    # -- mapping
+    _f("phone-validation", "connector/mapping.py",
+       "    if not phonenumbers.is_valid_number(number):", "    if False:",
+       "tests/test_mapping.py",
+       why="a number that is not a phone number is sent"),
+    # -- the client (wiraya.py, replies.py, retry.py, bulk.py)
+    _f("judge-2xx", "connector/replies.py",
+       "    if kind == \"text/html\" or raw.lstrip()[:1] == b\"<\":", "    if False:",
+       "tests/test_wiraya.py", "tests/test_unanswered.py",
+       why="a proxy's HTML page is counted as Wiraya's acceptance"),
+    _f("retry-after-hold", "connector/retry.py",
+       "        if until > self.hold_until:", "        if False:",
+       "tests/test_wiraya.py",
+       why="calls go on during a Retry-After hold"),
+    _f("retry-after-bound", "connector/retry.py",
+       "        if self.remaining() > self.policy.max_hold:", "        if False:",
+       "tests/test_wiraya.py",
+       why="a long Retry-After blocks a pass for up to an hour"),
+    _f("bulk-item-retry", "connector/bulk.py",
+       "            elif isinstance(failure, dict) and failure.get(\"retry\") is True:",
+       "            elif False:", "tests/test_wiraya.py",
+       why="a bulk item Wiraya asked to retry becomes a dead letter"),
+    _f("bulk-halving", "connector/bulk.py",
+       "        if reply.status == 413 or (reply.status == 400 and "
+       "data.get(\"bulkItemLimitExceeded\")):",
+       "        if False:", "tests/test_wiraya.py",
+       why="a bulk over Wiraya's item limit is never made smaller"),
+    _f("token-refresh", "connector/wiraya.py",
+       "            if token is not None and reply.status == 401 and not reply.foreign:",
+       "            if False:", "tests/test_wiraya.py",
+       why="an expired token fails every call"),
+    # -- secrets and the customer's database
+    _f("secret-filter", "connector/logs.py",
+       "        if secret in text:", "        if False:",
+       "tests/test_hostile.py::test_no_failure_shows_a_secret", "tests/test_cli.py",
+       why="the API key or the database password appears in output"),
+    _f("read-only-session", "connector/source.py",
+       "-c default_transaction_read_only=on -c statement_timeout",
+       "-c statement_timeout",
+       f"{C}::test_reads_run_in_read_only_transactions",
+       why="the connector's sessions may write to the customer's database"),
+    # -- check
+    _f("standby-check", "connector/checks.py",
+       "    if facts is None or not facts.standby:", "    if True:",
+       "tests/test_check.py",
+       why="check says the guard is active on a standby"),
+]
+
+
+def _copy(target: Path) -> None:
+    for name in ("connector", "tests", "pyproject.toml", "README.md", "config"):
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, target / name,
+                            ignore=shutil.ignore_patterns("__pycache__", ".mypy_cache"))
+        elif source.exists():
+            shutil.copy2(source, target / name)
+
+
+def _apply(copy: Path, item: Fault) -> str | None:
+    path = copy / item.path
+    if not path.exists():
+        return f"{item.path} does not exist"
+    text = path.read_text()
+    found = text.count(item.old)
+    if found != 1:
+        return f"the code to break occurs {found} times in {item.path} (expected once)"
+    path.write_text(text.replace(item.old, item.new))
+    return None
+
+
+def run(item: Fault) -> tuple[str, float, str]:
+    """Apply one fault to a fresh copy and run its tests: ('caught'|'MISSED'|'STALE', s, text)."""
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="connector-fault-") as folder:
+        copy = Path(folder)
+        _copy(copy)
+        problem = _apply(copy, item)
+        if problem:
+            return "STALE", time.monotonic() - started, problem
+        env = {**os.environ, "PYTHONPATH": str(copy), "CONNECTOR_FAULT": item.name}
+        command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                   "-o", "addopts=", *item.tests]
+        result = subprocess.run(command, cwd=copy, env=env, capture_output=True, text=True,
+                                timeout=900, check=False)
+        tail = (result.stdout.strip().splitlines() or [""])[-1]
+        if result.returncode == 1:
+            return "caught", time.monotonic() - started, tail
+        if result.returncode == 0:
+            return "MISSED", time.monotonic() - started, tail
+        return "ERROR", time.monotonic() - started, (result.stdout + result.stderr)[-600:]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("words", nargs="*", help="only faults whose name contains one of these")
+    parser.add_argument("--list", action="store_true", help="list the faults and exit")
+    parser.add_argument("--check", action="store_true",
+                        help="only check that each fault still applies to the code")
+    args = parser.parse_args(argv)
+    chosen = [f for f in FAULTS if not args.words or any(w in f.name for w in args.words)]
+    if args.list:
+        for item in chosen:
+            print(f"{item.name:28} {item.path:24} {item.why}")
+        return 0
+    if args.check:
+        stale = 0
+        for item in chosen:
+            text = (ROOT / item.path).read_text() if (ROOT / item.path).exists() else ""
+            if text.count(item.old) != 1:
+                stale += 1
+                print(f"STALE   {item.name:28} {item.path}: found {text.count(item.old)} times")
+        print(f"{len(chosen) - stale} of {len(chosen)} faults apply")
+        return 1 if stale else 0
+    bad = 0
+    for item in chosen:
+        outcome, seconds, detail = run(item)
+        bad += outcome != "caught"
+        print(f"{outcome:7} {item.name:28} {seconds:6.1f}s  {detail}", flush=True)
+    print(f"{len(chosen) - bad} of {len(chosen)} faults caught; {bad} not caught")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
