@@ -16,7 +16,7 @@ import pytest
 
 from connector import cli
 from connector.sandbox import Sandbox
-from connector.state import DaemonLock, State
+from connector.state import MIGRATIONS, DaemonLock, State
 from tests.conftest import (
     CUSTOMERS,
     DB_PASSWORD,
@@ -315,7 +315,7 @@ def test_check_json_lists_each_finding_with_its_level(shop: Path, api: Sandbox,
         {"level": "ok", "message": "open-transaction guard: active (the role sees every "
                                    "session)"},
         {"level": "ok", "message": f"state: {shop.parent / 'state' / 'connector.db'} "
-                                   "(schema 2)"},
+                                   f"(schema {len(MIGRATIONS)})"},
         {"level": "ok", "message": f"Wiraya: logged in at {api.url}"},
         {"level": "ok", "message": "Wiraya: the key may call the API (PUT /api/contact/_bulk "
                                    "with no items: 400)"}]}
