@@ -12,6 +12,7 @@ import logging
 import sys
 import threading
 from datetime import UTC, datetime
+from typing import Any
 
 _secrets: set[str] = set()
 _lock = threading.Lock()
@@ -29,6 +30,18 @@ def mask(text: str) -> str:
         if secret in text:
             text = text.replace(secret, "***")
     return text
+
+
+def mask_all(node: Any) -> Any:
+    """A copy of a JSON-like value (dicts, lists, strings, numbers) with every string masked,
+    dict keys included."""
+    if isinstance(node, str):
+        return mask(node)
+    if isinstance(node, dict):
+        return {mask(str(key)): mask_all(value) for key, value in node.items()}
+    if isinstance(node, list | tuple):
+        return [mask_all(value) for value in node]
+    return node
 
 
 class MaskSecrets(logging.Filter):

@@ -659,6 +659,35 @@ class State(_Memory, _History):
                 self._put_watermark(db, stream, page.watermark)
 
 
+    # -- forgetting one stream (connector state reset) --------------------------------------
+
+    def stream_footprint(self, stream: str) -> dict[str, int]:
+        """What the file holds of one stream, by kind, for `state reset` to tell."""
+        queries = {
+            "watermark": "SELECT count(*) FROM streams WHERE name = ? AND high IS NOT NULL",
+            "digests": "SELECT count(*) FROM contacts WHERE stream = ?",
+            "dead": "SELECT count(*) FROM held WHERE stream = ? AND state = 'dead'",
+            "waiting": "SELECT count(*) FROM held WHERE stream = ? AND state = 'waiting'",
+            "backfills": "SELECT count(*) FROM backfills WHERE stream = ?",
+            "events": "SELECT (SELECT count(*) FROM ledger WHERE stream = ?1) "
+                      "+ (SELECT count(*) FROM flags WHERE stream = ?1)",
+            "runs": "SELECT count(*) FROM runs WHERE stream = ?",
+        }
+        return {kind: int(self._conn.execute(sql, (stream,)).fetchone()[0])
+                for kind, sql in queries.items()}
+
+    def reset_stream(self, stream: str, *, forget_events: bool = False) -> None:
+        """Forget a stream's watermark, digests, held rows and backfill progress, so its
+        next pass reads from the start; its sent events (ledger and flags) only when asked,
+        since forgetting them sends every event again. Links and runs are kept."""
+        tables = ["contacts", "held", "backfills"] + (["ledger", "flags"] if forget_events
+                                                       else [])
+        with self._write() as db:
+            db.execute("DELETE FROM streams WHERE name = ?", (stream,))
+            for table in tables:
+                db.execute(f"DELETE FROM {table} WHERE stream = ?", (stream,))
+
+
 def _refusal(path: Path, exc: sqlite3.Error) -> StateError:
     """Why a state file cannot be used, and what to do about it."""
     if isinstance(exc, sqlite3.OperationalError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from connector.sandbox import Sandbox
@@ -62,6 +63,7 @@ def test_no_config_file_says_where_it_looked(tmp_path: Path) -> None:
     assert "--config" in result.stderr and "$CONNECTOR_CONFIG" in result.stderr
 
 
+@pytest.mark.slow
 def test_sync_then_status(db: Database, api: Sandbox, write_config) -> None:
     db.execute(CUSTOMERS)
     add_customers(db, 1, 30)
@@ -86,6 +88,7 @@ def test_sync_then_status(db: Database, api: Sandbox, write_config) -> None:
     assert "customers" in table.stdout and "ok" in table.stdout
 
 
+@pytest.mark.slow
 def test_check_reports_each_finding(db: Database, api: Sandbox, write_config) -> None:
     db.execute(CUSTOMERS)
     db.execute("CREATE TABLE orders (order_id int PRIMARY KEY, customer_id int, "
@@ -109,6 +112,7 @@ def test_check_reports_each_finding(db: Database, api: Sandbox, write_config) ->
     assert_no_secret(result.stdout, result.stderr)
 
 
+@pytest.mark.slow
 def test_check_names_a_missing_column_and_a_refused_key(db: Database, api: Sandbox,
                                                         write_config) -> None:
     db.execute(CUSTOMERS)
@@ -123,6 +127,7 @@ def test_check_names_a_missing_column_and_a_refused_key(db: Database, api: Sandb
     assert result.stdout.splitlines()[-1] == "2 problem(s), 0 warning(s)"
 
 
+@pytest.mark.slow
 def test_failures_are_one_clear_line_and_never_show_secrets(db: Database, api: Sandbox,
                                                             write_config,
                                                             tmp_path: Path) -> None:
@@ -157,6 +162,7 @@ def test_failures_are_one_clear_line_and_never_show_secrets(db: Database, api: S
     assert API_KEY.encode() not in state and DB_PASSWORD.encode() not in state
 
 
+@pytest.mark.slow
 def test_unknown_stream_is_a_usage_error(db: Database, api: Sandbox, write_config) -> None:
     db.execute(CUSTOMERS)
     path = write_config(contacts={"customers": customers_stream()})
@@ -165,6 +171,7 @@ def test_unknown_stream_is_a_usage_error(db: Database, api: Sandbox, write_confi
     assert "custmers: no such stream (known: customers)" in result.stderr
 
 
+@pytest.mark.slow
 def test_the_demo_runs_with_nothing_set_up(tmp_path: Path) -> None:
     result = cli("demo", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
