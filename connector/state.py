@@ -12,7 +12,6 @@ the watermark never runs ahead of what Wiraya accepted.
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
 import json
 import os
@@ -788,9 +787,17 @@ async def stream_lock(state: Path, stream: str, wait: bool = True) -> AsyncItera
             except BlockingIOError:
                 if not wait:
                     break
-                await asyncio.sleep(0.02)
+                await _pause(0.02)
         yield got
     finally:
         if got:
             fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+async def _pause(seconds: float) -> None:
+    # asyncio is imported here, not at the top: commands that only read the state file
+    # (status, runs) need not pay for it.
+    import asyncio
+
+    await asyncio.sleep(seconds)
