@@ -13,13 +13,14 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import pymysql
+
+from tests.ports import free_port
 
 SUPERUSER = "root"
 SUPERUSER_PASSWORD = "maria-super-secret"
@@ -47,12 +48,6 @@ def available() -> bool:
     return True
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class MariaDbServer:
     def __init__(self, zone: str | None = None) -> None:
         # `zone`: the server process's own time zone (TZ), which `information_schema`
@@ -63,7 +58,7 @@ class MariaDbServer:
         self.root = Path(tempfile.mkdtemp(prefix="connector-maria-"))
         self.data = self.root / "data"
         self.socket = self.root / "mariadb.sock"
-        self.port = _free_port()
+        self.port = free_port()
         self.user: str | None = None
         self.process: subprocess.Popen[bytes] | None = None
         self.root_password = ""  # a fresh install's root has none until `start` sets it

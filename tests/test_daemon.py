@@ -15,8 +15,9 @@ import pytest
 from connector import __version__
 from connector.sandbox import Sandbox
 from tests.conftest import CUSTOMERS, Database, add_customers, cli, customers_stream
-from tests.daemons import Daemon, daemons_fixture, free_port, wait_for  # noqa: F401 - a fixture
+from tests.daemons import Daemon, daemons_fixture, wait_for  # noqa: F401 - a fixture
 from tests.pgserver import PgServer
+from tests.ports import free_port
 
 
 @pytest.mark.slow

@@ -30,6 +30,7 @@ from connector import config
 from connector.sandbox import Sandbox
 from tests.conftest import API_KEY, Database
 from tests.dockerengine import Engine, EngineUnavailable, base_image, docker
+from tests.ports import free_port
 
 ROOT = Path(__file__).parent.parent
 DOCKER = ROOT / "docker"
@@ -160,12 +161,6 @@ def image(engine: Engine) -> str:
     return tag
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _sample_shop(db: Database) -> None:
     """docker/init.sql's shop (1000 customers), without its role: the fixture made one."""
     sql = (DOCKER / "init.sql").read_text().split("CREATE ROLE connector", 1)[0]
@@ -189,7 +184,7 @@ def test_the_image_checks_syncs_turns_healthy_and_stops_cleanly(
            "-e", "WIRAYA_API_KEY_FILE=/run/secrets/wiraya_api_key",
            "-e", "DATABASE_URL_FILE=/run/secrets/database_url",
            "-e", f"WIRAYA_BASE_URL={api.url}",
-           "-e", f"CONNECTOR_METRICS_LISTEN=127.0.0.1:{_free_port()}"]
+           "-e", f"CONNECTOR_METRICS_LISTEN=127.0.0.1:{free_port()}"]
 
     checked = docker("run", "--rm", *run, image, "check", check=False)
     assert checked.returncode == 0, checked.stdout + checked.stderr
