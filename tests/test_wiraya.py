@@ -555,7 +555,9 @@ def test_retry_after_holds_back_every_worker(sandbox: Sandbox) -> None:
                          concurrency=8))
     assert all(result.ok for result in results.values())
     assert any(r.status == 429 for r in sandbox.requests)
-    assert sandbox.requests_during_holdback() == []
+    # Up to `concurrency` requests may already be on their way when a 429 goes out; on a busy
+    # machine they can reach the server a good 50 ms later. The holds last a second.
+    assert sandbox.requests_during_holdback(grace=0.3) == []
     assert time.monotonic() - started >= 2  # the holds were honoured
 
 
