@@ -127,9 +127,9 @@ class Tools:
     def run(self, tool: str, expect_writes: int) -> common.ChildRun:
         self.api.reset()
         if tool == "connector":
-            child = common.run_child(self.connector)
+            child = measured(self.connector)
         else:
-            child = common.run_child(self.drt, cwd=self.project, env=self.drt_env)
+            child = measured(self.drt, cwd=self.project, env=self.drt_env)
         if child.returncode != 0:
             raise RuntimeError(f"{tool} exited with {child.returncode}: {child.stderr[-2000:]}"
                                f"{child.stdout[-2000:]}")
@@ -143,6 +143,18 @@ class Tools:
 
     def contacts(self) -> dict[str, Any]:
         return dict(self.api.admin("GET", "contacts"))
+
+
+def measured(argv: list[str], cwd: Path = common.ROOT, env: dict[str, str] | None = None
+             ) -> common.ChildRun:
+    """`common.run_child` with the peak RSS from `/usr/bin/time`: a child forked from this
+    (large) process starts with this process's high-water mark in its own `ru_maxrss`, so
+    the figure `os.wait4` gives is at least this process's size, not the command's."""
+    with tempfile.NamedTemporaryFile(prefix="vs-drt-rss-", suffix=".txt") as rss:
+        child = common.run_child(["/usr/bin/time", "-f", "%M", "-o", rss.name, *argv], cwd=cwd,
+                                 env=env)
+        child.peak_rss_mb = int(Path(rss.name).read_text().split()[-1]) / 1024
+    return child
 
 
 def passes(db: common.Database, tools: Tools, rows: int, share: float
