@@ -187,8 +187,8 @@ def report(table: list[tuple[str, common.ChildRun, common.ChildRun]]) -> None:
               f"{ours.peak_rss_mb / theirs.peak_rss_mb:.2f}x |")
     print()
     print("time: wall time of the whole process (interpreter start to exit); RSS: the "
-          "child's own peak resident set (os.wait4). Below 1.00x the connector is faster / "
-          "smaller. Targets (issue 14): first sync <= 0.50x time and <= 1.5x RSS; the "
+          "command's own peak resident set (/usr/bin/time %M). Below 1.00x the connector is "
+          "faster / smaller. Targets (issue 14): first sync <= 0.50x time and <= 1.5x RSS; the "
           "other two <= 1.00x time.")
 
 
