@@ -15,7 +15,7 @@ number or the reason it is refused. `tests/test_phone.py` checks it against the 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from phonenumbers import COUNTRY_CODE_TO_REGION_CODE
 from phonenumbers.phonemetadata import PhoneMetadata, PhoneNumberDesc
@@ -45,35 +45,42 @@ def _desc(desc: PhoneNumberDesc | None) -> _Desc:
 @dataclass(frozen=True)
 class _Region:
     """One region's validity test: its general pattern, then any one of its number types,
-    compiled per length into one alternation (`phonenumbers`' `_number_type_helper` is not
-    UNKNOWN exactly when the general description and one type description match)."""
+    as one alternation per length (`phonenumbers`' `_number_type_helper` is not UNKNOWN
+    exactly when the general description and one type description match). Each length's
+    pattern is compiled when first needed: a country's numbers mostly have one or two
+    lengths, and a short pass should not pay for the others."""
 
     leading: re.Pattern[str] | None  # leading_digits: which region of a shared code
-    by_length: dict[int, re.Pattern[str]]
+    general: _Desc
+    types: tuple[_Desc, ...]
+    by_length: dict[int, re.Pattern[str] | None] = field(default_factory=dict)
 
     def valid(self, nsn: str) -> bool:
-        pattern = self.by_length.get(len(nsn))
+        length = len(nsn)
+        if length not in self.by_length:
+            self.by_length[length] = self._compile(length)
+        pattern = self.by_length[length]
         return pattern is not None and pattern.fullmatch(nsn) is not None
+
+    def _compile(self, length: int) -> re.Pattern[str] | None:
+        if not self.general.allows(length):
+            return None
+        alternatives = [d.pattern for d in self.types if d.pattern is not None
+                        and d.allows(length)]
+        if not alternatives:
+            return None
+        any_type = "|".join(f"(?:{p})" for p in alternatives)
+        return re.compile(f"(?=(?:{self.general.pattern})\\Z)(?:{any_type})")
 
 
 def _region(metadata: PhoneMetadata) -> _Region:
-    general = _desc(metadata.general_desc)
     types = [metadata.premium_rate, metadata.toll_free, metadata.shared_cost, metadata.voip,
              metadata.personal_number, metadata.pager, metadata.uan, metadata.voicemail,
              metadata.fixed_line]
     if not metadata.same_mobile_and_fixed_line_pattern:
         types.append(metadata.mobile)
-    descs = [_desc(d) for d in types]
-    by_length = {}
-    for length in _NSN_LENGTHS:
-        if not general.allows(length):
-            continue
-        alternatives = [d.pattern for d in descs if d.pattern is not None and d.allows(length)]
-        if alternatives:
-            any_type = "|".join(f"(?:{p})" for p in alternatives)
-            by_length[length] = re.compile(f"(?=(?:{general.pattern})\\Z)(?:{any_type})")
     leading = re.compile(metadata.leading_digits) if metadata.leading_digits else None
-    return _Region(leading, by_length)
+    return _Region(leading, _desc(metadata.general_desc), tuple(_desc(d) for d in types))
 
 
 @dataclass(frozen=True)
