@@ -23,6 +23,8 @@ from phonenumbers.phonemetadata import PhoneMetadata, PhoneNumberDesc
 _CANONICAL = re.compile(r"\+([1-9][0-9]{2,19})", re.ASCII)
 _NSN_LENGTHS = range(2, 18)  # what `phonenumbers.parse` keeps as a national number
 _NON_GEO = "001"
+_SEPARATORS = str.maketrans("", "", " -.()\u00a0")
+_MAX_TEXT = 250  # `parse` refuses longer text, separators or not
 
 
 @dataclass(frozen=True)
@@ -122,8 +124,11 @@ _countries: dict[int, _Country | None] = {}
 
 
 def canonical_digits(text: str) -> str | None:
-    """The E.164 digits (no `+`) of a valid number written `+` and digits, else None."""
+    """The E.164 digits (no `+`) of a valid number written `+` and digits, else None.
+    Spaces, dashes, dots and parentheses between them are dropped first, as `parse` does."""
     match = _CANONICAL.fullmatch(text)
+    if match is None and len(text) <= _MAX_TEXT:
+        match = _CANONICAL.fullmatch(text.translate(_SEPARATORS))
     if match is None:
         return None
     digits = match.group(1)

@@ -99,16 +99,18 @@ def test_every_example_number_and_its_neighbours_match_phonenumbers() -> None:
     ("+46701000001", "46701000001"), ("0046701000001", "46701000001"),
     ("+447911123456", "447911123456"), ("+14155552671", "14155552671"),
     ("+4915123456789", "4915123456789"), ("+390612345678", "390612345678"),
+    ("+46 70-100 00 01", "46701000001"), ("+1 (415) 555-2671", "14155552671"),
+    ("0044 7911.123456", "447911123456"), ("+49\u00a0151\u00a023456789", "4915123456789"),
 ])
 def test_the_shortcut_answers_for_canonical_numbers(text: str, digits: str) -> None:
-    assert canonical_digits(text.replace("00", "+", 1) if text.startswith("00") else text) \
-        == digits
+    assert canonical_digits("+" + text[2:] if text.startswith("00") else text) == digits
     assert phone_digits(text, "SE") == digits
 
 
 @pytest.mark.parametrize("text", [
     "+460701000001",  # a trunk 0 after the country code: parse strips it
-    "+46 70 100 00 01", "+46-70-1000001", "+0701000001", "+999123456789", "46701000001",
+    "+46 (0)70-100 00 01", "+46 70 100 00 01 ext. 12", "+0701000001", "+999123456789",
+    "46701000001",
     "+467010000011234567890", "+٤٦٧٠١٠٠٠٠٠١",  # Arabic-Indic digits: phonenumbers reads them
 ])
 def test_other_shapes_take_the_full_path(text: str) -> None:
@@ -142,10 +144,13 @@ def written(draw: Any) -> tuple[str, str | None]:
     body = trunk + nsn if shape in {"national", "+"} else nsn
     cuts = sorted(draw(st.sets(st.integers(1, max(1, len(body) - 1)), max_size=3)))
     parts = [body[i:j] for i, j in zip([0, *cuts], [*cuts, len(body)], strict=True)]
-    joiner = draw(st.sampled_from(["", " ", "-", "."]))
+    joiner = draw(st.sampled_from(["", " ", "-", ".", "  ", " - ", "\u00a0", "/", "x"]))
     if len(parts) > 1 and draw(st.booleans()):
         parts[0] = f"({parts[0]})"
-    separator = draw(st.sampled_from(["", " "])) if head else ""
+    separator = draw(st.sampled_from(["", " ", "-", "\u00a0"])) if head else ""
+    if shape == "+" and draw(st.booleans()):
+        plus = draw(st.sampled_from(["+ ", "+(", "(+", "+-"]))
+        head = plus + code + (")" if "(" in plus else "")
     text = head + separator + joiner.join(parts)
     parse_region = draw(st.sampled_from([region, region, "SE", "GB", "US", "DE", None]))
     return text, parse_region
