@@ -8,10 +8,11 @@ process, no rate limit, a token lifetime of an hour), for three passes each:
 2. a pass with nothing changed,
 3. a pass after `--change` of the rows (default 1%) changed (their city and cursor).
 
-For each: wall time and peak RSS of the child process (`os.wait4`), and the connector/drt
-ratio. The connector runs first, then drt, on the same table; the sandbox is reset before
-each run and what it received is checked (how many contacts were written, and after the
-first sync that both tools left exactly the same contacts in the sandbox).
+For each: wall time, CPU time (user + system) and peak RSS of the command (`/usr/bin/time`),
+and the connector/drt ratios; `--repeats` rounds (default 3, the tool that goes first
+alternating, both forgetting their state before each round) and the medians. The sandbox
+is reset before each run and what it received is checked (how many contacts were written,
+and after the first round's first syncs that both tools left exactly the same contacts).
 
 drt set-up (its own venv, made once from PyPI under the system temp dir and reused): the
 `rest_api` destination in batch mode (`body_mode: batch`, a `batch_template` building
@@ -31,10 +32,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +120,10 @@ class Tools:
     def __init__(self, api: common.SandboxProcess, connector_config: Path, drt: Path,
                  project: Path) -> None:
         self.api = api
+        self.folder = connector_config.parent
+        self.check_next = True  # keep what the first syncs left, to compare
+        self.by_connector: dict[str, Any] | None = None
+        self.by_drt: dict[str, Any] | None = None
         self.connector = [sys.executable, "-m", "connector", "-c", str(connector_config),
                           "sync"]
         self.drt = [str(drt), "run", "--quiet"]
@@ -124,12 +131,12 @@ class Tools:
         self.drt_env = {"HOME": str(project / "home"), TOKEN_ENV: token(api),
                         PASSWORD_ENV: common.DB_PASSWORD, "DO_NOT_TRACK": "1"}
 
-    def run(self, tool: str, expect_writes: int) -> common.ChildRun:
+    def run(self, tool: str, expect_writes: int) -> Measured:
         self.api.reset()
         if tool == "connector":
-            child = measured(self.connector)
+            figures, child = measured(self.connector)
         else:
-            child = measured(self.drt, cwd=self.project, env=self.drt_env)
+            figures, child = measured(self.drt, cwd=self.project, env=self.drt_env)
         if child.returncode != 0:
             raise RuntimeError(f"{tool} exited with {child.returncode}: {child.stderr[-2000:]}"
                                f"{child.stdout[-2000:]}")
@@ -137,59 +144,95 @@ class Tools:
         if writes != expect_writes:
             raise RuntimeError(f"{tool} wrote {writes} contacts, expected {expect_writes}: "
                                f"{child.stdout[-1500:]} {child.stderr[-1500:]}")
-        common.log(f"{tool}: {child.seconds:.2f} s, {child.peak_rss_mb:.0f} MB, "
-                   f"{writes} contacts written")
-        return child
+        common.log(f"{tool}: {figures.seconds:.2f} s wall, {figures.cpu:.2f} s CPU, "
+                   f"{figures.peak_rss_mb:.0f} MB, {writes} contacts written")
+        if tool == "connector":
+            self.by_connector = self.contacts() if expect_writes and self.check_next else None
+        elif self.check_next and expect_writes:
+            self.by_drt = self.contacts()
+        return figures
 
     def contacts(self) -> dict[str, Any]:
         return dict(self.api.admin("GET", "contacts"))
 
+    def same_contacts_from_both(self) -> None:
+        """After a first sync of each: both left exactly the same contacts."""
+        if self.by_connector != self.by_drt or not self.by_connector:
+            raise RuntimeError("the two tools left different contacts in the sandbox")
+        self.check_next = False
+        self.by_connector = self.by_drt = None
+
+
+@dataclass
+class Measured:
+    seconds: float  # wall
+    cpu: float  # user + system seconds of the command (and its children)
+    peak_rss_mb: float
+
 
 def measured(argv: list[str], cwd: Path = common.ROOT, env: dict[str, str] | None = None
-             ) -> common.ChildRun:
-    """`common.run_child` with the peak RSS from `/usr/bin/time`: a child forked from this
-    (large) process starts with this process's high-water mark in its own `ru_maxrss`, so
-    the figure `os.wait4` gives is at least this process's size, not the command's."""
-    with tempfile.NamedTemporaryFile(prefix="vs-drt-rss-", suffix=".txt") as rss:
-        child = common.run_child(["/usr/bin/time", "-f", "%M", "-o", rss.name, *argv], cwd=cwd,
-                                 env=env)
-        child.peak_rss_mb = int(Path(rss.name).read_text().split()[-1]) / 1024
-    return child
+             ) -> tuple[Measured, common.ChildRun]:
+    """`common.run_child` with the CPU time and peak RSS from `/usr/bin/time`: a child
+    forked from this (large) process starts with this process's high-water mark in its
+    own `ru_maxrss`, so the figure `os.wait4` gives is at least this process's size."""
+    with tempfile.NamedTemporaryFile(prefix="vs-drt-time-", suffix=".txt") as out:
+        child = common.run_child(["/usr/bin/time", "-f", "%M %U %S", "-o", out.name, *argv],
+                                 cwd=cwd, env=env)
+        rss, user, system = Path(out.name).read_text().split()[-3:]
+    return Measured(child.seconds, float(user) + float(system), int(rss) / 1024), child
 
 
-def passes(db: common.Database, tools: Tools, rows: int, share: float
-           ) -> list[tuple[str, common.ChildRun, common.ChildRun]]:
-    table = []
-    first = tools.run("connector", rows)
-    by_connector = tools.contacts()
-    first_drt = tools.run("drt", rows)
-    if tools.contacts() != by_connector:
-        raise RuntimeError("the two tools left different contacts in the sandbox")
-    table.append((f"first full sync of {rows:,} rows", first, first_drt))
-    table.append(("a pass with nothing changed", tools.run("connector", 0),
-                  tools.run("drt", 0)))
-    every = max(1, round(1 / share))
-    changed = common.change_customers(db, every, 0, "Changed")
-    table.append((f"a pass with {changed:,} rows ({100 / every:g}%) changed",
-                  tools.run("connector", changed), tools.run("drt", changed)))
-    return table
+def fresh(connector: Path, project: Path) -> None:
+    """Both tools forget what they synced (the connector's folder holds its config and its
+    `state/`): the next pass is a first full sync."""
+    for path in (connector / "state", project / ".drt", project / "target"):
+        shutil.rmtree(path, ignore_errors=True)
 
 
-def report(table: list[tuple[str, common.ChildRun, common.ChildRun]]) -> None:
+Row = dict[str, list[Measured]]
+
+
+def repeat(db: common.Database, tools: Tools, rows: int, every: int, run: int,
+           table: dict[str, Row]) -> None:
+    """One round of the three passes; the tool that goes first alternates per round."""
+    order = ("connector", "drt") if run % 2 == 0 else ("drt", "connector")
+    fresh(tools.folder, tools.project)
+
+    def both(label: str, writes: int) -> None:
+        row = table.setdefault(label, {"connector": [], "drt": []})
+        for tool in order:
+            row[tool].append(tools.run(tool, writes))
+
+    both(f"first full sync of {rows:,} rows", rows)
+    if run == 0:
+        tools.same_contacts_from_both()
+    both("a pass with nothing changed", 0)
+    changed = common.change_customers(db, every, run % every, f"Changed{run}")
+    both(f"a pass with 1 row in {every} changed ({changed:,} rows)", changed)
+
+
+def report(table: dict[str, Row]) -> None:
     print()
-    print("| whole process | connector | drt 1.2.1 | connector / drt (time) | "
-          "connector / drt (RSS) |")
-    print("|---|---|---|---|---|")
-    for label, ours, theirs in table:
-        print(f"| {label} | {ours.seconds:.2f} s ({ours.peak_rss_mb:.0f} MB) | "
-              f"{theirs.seconds:.2f} s ({theirs.peak_rss_mb:.0f} MB) | "
-              f"{ours.seconds / theirs.seconds:.2f}x | "
-              f"{ours.peak_rss_mb / theirs.peak_rss_mb:.2f}x |")
+    print("| whole process (median) | connector: wall, CPU, peak RSS | drt 1.2.1: wall, CPU, "
+          "peak RSS | connector / drt: wall | CPU | RSS |")
+    print("|---|---|---|---|---|---|")
+    for label, row in table.items():
+        ours, theirs = (_medians(row[tool]) for tool in ("connector", "drt"))
+        print(f"| {label} | {ours[0]:.2f} s, {ours[1]:.2f} s, {ours[2]:.0f} MB "
+              f"| {theirs[0]:.2f} s, {theirs[1]:.2f} s, {theirs[2]:.0f} MB "
+              f"| {ours[0] / theirs[0]:.2f}x | {ours[1] / theirs[1]:.2f}x "
+              f"| {ours[2] / theirs[2]:.2f}x |")
     print()
-    print("time: wall time of the whole process (interpreter start to exit); RSS: the "
-          "command's own peak resident set (/usr/bin/time %M). Below 1.00x the connector is "
-          "faster / smaller. Targets (issue 14): first sync <= 0.50x time and <= 1.5x RSS; the "
-          "other two <= 1.00x time.")
+    print("wall: interpreter start to exit; CPU: user + system seconds of the command "
+          "(/usr/bin/time %U + %S); RSS: the command's own peak resident set (%M). Each the "
+          "median of the repeats (the tool that goes first alternates). Below 1.00x the "
+          "connector is faster / smaller. Targets (issue 14): first sync <= 0.50x wall and "
+          "<= 1.5x RSS; the other two <= 1.00x wall.")
+
+
+def _medians(runs: list[Measured]) -> tuple[float, float, float]:
+    return (common.median([r.seconds for r in runs]), common.median([r.cpu for r in runs]),
+            common.median([r.peak_rss_mb for r in runs]))
 
 
 def main() -> int:
@@ -200,6 +243,8 @@ def main() -> int:
     parser.add_argument("--drt-venv", default=str(Path(tempfile.gettempdir())
                                                   / f"vs_drt-drt-core-{DRT_VERSION}"),
                         help="venv for drt-core (made if missing, reused if present)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="rounds of the three passes (medians are printed)")
     parser.add_argument("--keep", metavar="DIR", help="keep configs and state files here")
     args = parser.parse_args()
     started = common.header("vs_drt: connector sync against drt run, whole processes", args)
@@ -215,7 +260,10 @@ def main() -> int:
         project = drt_project(folder / "drt", db, api.url)
         print(f"postgresql {pg.version}; sandbox in its own process at {api.url}; "
               f"{DRT} in {args.drt_venv}; os nice {os.nice(0)}")
-        table = passes(db, Tools(api, config, drt, project), args.rows, args.change)
+        tools = Tools(api, config, drt, project)
+        table: dict[str, Row] = {}
+        for run in range(args.repeats):
+            repeat(db, tools, args.rows, max(1, round(1 / args.change)), run, table)
     report(table)
     common.footer(started)
     return 0
