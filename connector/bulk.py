@@ -55,7 +55,7 @@ class Bulk:
                    single: Single, done: Heard) -> dict[str, Result]:
         """Every item in bodies of up to `size`; each outcome is told to `done` when known."""
         results: dict[str, Result] = {}
-        tries: dict[str, Result] = {cid: Result(False) for cid in items}  # counts only
+        tries: dict[str, Result] = dict.fromkeys(items, _NO_TRIES)  # counts only
         todo = list(items)
         limit = self.client.policy.max_attempts
         while todo:
@@ -172,8 +172,14 @@ class Bulk:
         return done
 
 
+_NO_TRIES = Result(False)  # frozen: one for every item not tried yet
+
+
 def _add(before: Result, result: Result) -> Result:
     """`result` with the tries counted so far added to its own."""
+    if not before.attempts and not before.ambiguous_attempts and not (result.ok and
+                                                                       result.ambiguous):
+        return result  # nothing counted before: the sum is `result` itself, not a copy
     return replace(result, attempts=before.attempts + result.attempts,
                    ambiguous_attempts=before.ambiguous_attempts + result.ambiguous_attempts,
                    ambiguous=not result.ok and (result.ambiguous or before.ambiguous_attempts > 0))

@@ -16,9 +16,15 @@ from connector.values import Digest
 Decision = Literal["send", "same", "known-bad"]
 
 
+# Made once: `json.dumps` with options builds an encoder on every call. The text must not
+# change (sorted keys, no spaces, UTF-8): the state file keeps digests of it, and another
+# text would resend every contact once.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def payload_digest(payload: Mapping[str, Any]) -> bytes:
     """A digest of a payload that ignores key order and whitespace."""
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    text = _CANONICAL.encode(payload)
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
 
 
