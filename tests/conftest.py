@@ -4,6 +4,7 @@ the sandbox API on 127.0.0.1, and helpers to write a config and run passes."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 import sys
@@ -26,6 +27,17 @@ from tests.pgserver import PgServer
 API_KEY = "test-api-key-7f3a9c"
 DB_USER = "connector"
 DB_PASSWORD = "db-pass-5e1b77"
+
+
+@pytest.fixture(autouse=True)
+def _connector_logging() -> Iterator[None]:
+    """Commands run in-process set up the connector's logging (its own handler, no
+    propagation); put it back, so that a later test's caplog hears the connector again."""
+    logger = logging.getLogger("connector")
+    saved = (list(logger.handlers), logger.propagate, logger.level)
+    yield
+    logger.handlers[:], logger.propagate = saved[0], saved[1]
+    logger.setLevel(saved[2])
 
 
 @pytest.fixture(scope="session")
