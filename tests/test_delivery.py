@@ -14,6 +14,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from connector.sandbox import Sandbox
 from tests.conftest import (
     CUSTOMERS,
@@ -38,6 +40,7 @@ def orders_seen(api: Sandbox) -> Counter[tuple[str, str]]:
     return Counter((cid, body["at"]) for cid, body in api.events)
 
 
+@pytest.mark.slow  # child processes
 def test_everything_arrives_through_faults_and_rate_limits(db: Database, api: Sandbox,
                                                            write_config) -> None:
     db.execute(CUSTOMERS + ORDERS)
@@ -127,6 +130,7 @@ def test_dead_letter_retry_reads_the_freshest_row(db: Database, api: Sandbox,
         "no dead letters and no waiting events"
 
 
+@pytest.mark.slow  # child processes
 def test_sigterm_finishes_the_page_and_exits_0(db: Database, api: Sandbox,
                                                write_config) -> None:
     db.execute(CUSTOMERS)
@@ -154,6 +158,7 @@ def test_sigterm_finishes_the_page_and_exits_0(db: Database, api: Sandbox,
     assert len(api.contacts) == 3_000 - sent  # the rest, and nothing again
 
 
+@pytest.mark.slow  # child processes
 def test_killed_at_any_moment_nothing_is_lost(db: Database, api: Sandbox,
                                               write_config) -> None:
     db.execute(CUSTOMERS + ORDERS)

@@ -7,6 +7,7 @@ import time
 from collections import Counter
 
 import psycopg
+import pytest
 
 from connector.sandbox import Sandbox
 from connector.sync import Backfill
@@ -45,6 +46,7 @@ def event_ids(api: Sandbox) -> Counter[str]:
     return Counter(body["at"] + "/" + cid for cid, body in api.events)
 
 
+@pytest.mark.slow  # child processes
 def test_five_thousand_orders_make_five_thousand_events_once(db: Database, api: Sandbox,
                                                              write_config) -> None:
     db.execute(CUSTOMERS + ORDERS)

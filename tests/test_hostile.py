@@ -152,6 +152,7 @@ def test_names_with_quotes_and_keywords_are_only_names(db: Database, api: Sandbo
 # -- secrets never leak -----------------------------------------------------------------
 
 
+@pytest.mark.slow  # child processes
 def test_no_failure_shows_a_secret(db: Database, api: Sandbox, write_config,
                                    tmp_path: Path) -> None:
     db.execute(CUSTOMERS)

@@ -399,6 +399,7 @@ def test_open_transaction_guard_holds_the_start_back(mdb: MariaDatabase, api: Sa
     assert set(api.contacts) == {"1", "2", "3"}
 
 
+@pytest.mark.slow  # child processes
 def test_check_says_whether_the_guard_is_on(mdb: MariaDatabase, api: Sandbox,
                                             maria_config, tmp_path: Path) -> None:
     mdb.execute(CUSTOMERS)
