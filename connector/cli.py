@@ -67,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument("streams", nargs="*", metavar="STREAM")
     sync.add_argument("--dry-run", action="store_true",
                       help="read and compare, send nothing, change no state")
+    sync.add_argument("--reconcile", action="store_true",
+                      help="compare the whole table of each contact stream now (changes "
+                           "that left the cursor alone, deleted rows)")
 
     command("run", _run, "run as a daemon: every stream on its schedule")
 
@@ -129,6 +132,7 @@ def _settings(args: argparse.Namespace, quiet: bool = False) -> config.Settings:
 
 def _sync(args: argparse.Namespace) -> int:
     from connector import session
+    from connector.sync import Reconcile
 
     settings = _settings(args, quiet=True)
     names = session.pick_streams(settings, args.streams)
@@ -136,7 +140,7 @@ def _sync(args: argparse.Namespace) -> int:
     async def go() -> list[Any]:
         async with session.opened(settings, dry_run=args.dry_run,
                                   stop=session.stop_on_signals()) as ctx:
-            return await session.run_streams(ctx, names)
+            return await session.run_streams(ctx, names, Reconcile() if args.reconcile else None)
 
     reports = asyncio.run(go())
     verb = "would send" if args.dry_run else "sent"
@@ -207,6 +211,9 @@ def _status(args: argparse.Namespace) -> int:
         error = (row["last_run"] or {}).get("error")
         if error:
             out.print(f"{row['stream']}: last error: {error}", markup=False)
+        if row.get("deleted"):
+            out.print(f"{row['stream']}: {row['deleted']} contact(s) found deleted from the "
+                      "table so far", markup=False)
     return 0
 
 

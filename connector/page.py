@@ -9,11 +9,11 @@ committed, the events that were waiting for them are released (`held.release_wai
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from connector import config, held, plan
-from connector.context import Context
+from connector.context import Context, StopFlag
 from connector.deliver import Delivery
 from connector.logs import for_stream
 from connector.mapping import ContactMapper, EventMapper, Rejected, as_key
@@ -187,3 +187,25 @@ class StreamPages:
                 self.ctx, [item.key for item in commit.contacts],
                 lambda stream: StreamPages(self.ctx, stream, lock_wait=False))
 
+
+
+async def read_ahead(stop: StopFlag, read: Callable[[Position | None], Page | None],
+                     size: int, start: Position | None = None) -> AsyncIterator[Page]:
+    """Pages from `read(after)` until one is short; the next page is read (in a thread)
+    while the caller handles this one. Stops after the page in hand when `stop` is set."""
+    pending: asyncio.Future[Page | None] | None = asyncio.ensure_future(
+        asyncio.to_thread(read, start))
+    try:
+        while pending is not None:
+            page = await pending
+            pending = None
+            if page is None:
+                return
+            if page.size == size and not stop.is_set():
+                pending = asyncio.ensure_future(asyncio.to_thread(read, page.last))
+            yield page
+            if stop.is_set():
+                return
+    finally:
+        if pending is not None:
+            pending.cancel()

@@ -57,6 +57,7 @@ def status(settings: config.Settings) -> list[dict[str, Any]]:
                 "delivered": delivered,
                 "waiting": counts.get((name, "waiting"), 0),
                 "dead": counts.get((name, "dead"), 0),
+                "deleted": state.deleted(name) if state else 0,
             })
     finally:
         if state:

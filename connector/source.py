@@ -218,8 +218,7 @@ class Source(_Server):
                 hints.append(f"{column!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
             raise SourceError(f"{place}: {stream.table} has no column {', '.join(hints)}; "
                               f"its columns are {', '.join(known)}")
-        cursor = table.c[stream.cursor]
-        kind = cursor_kind(cursor.type)
+        cursor, kind = _cursor_of(table, stream)
         if kind is None:
             raise SourceError(f"{place}.cursor: column {stream.cursor!r} is "
                               f"{cursor.type}; a cursor must be a timestamp, a date or an "
@@ -251,6 +250,31 @@ class Source(_Server):
         firsts = [index["column_names"][0] for index in indexes if index["column_names"]]
         firsts += (primary.get("constrained_columns") or [])[:1]
         return bound.cursor.name in firsts
+
+    # -- comparing the whole table (`cursor: none`, reconcile) ------------------------------
+
+    def compare_page(self, bound: BoundStream, limit: int, after_id: Any = None
+                     ) -> Page | None:
+        """The next page of the whole table in id order (None: no more rows), whatever the
+        cursor: narrow `(id, id as text, digest)` where the server digests rows, else full
+        rows (their digest is then computed here). Rows with a NULL id cannot be compared."""
+        condition: sa.ColumnElement[bool] = bound.id.is_not(None)
+        if after_id is not None:
+            condition = sa.and_(condition, bound.id > after_id)
+        if bound.digest_salt is not None:
+            key = sa.cast(bound.id, sa.Text) if bound.id_is_integer else sa.null()
+            query = sa.select(bound.id, key, self._digest(bound))
+            rows: Sequence[Sequence[Any]] = self._all(
+                bound, query.where(condition).order_by(bound.id).limit(limit))
+            if not rows:
+                return None
+            return Page(Position(None, rows[-1][0]), len(rows),
+                        narrow=[Narrow(row[0], row[1], row[2]) for row in rows])
+        full = self._all(bound, sa.select(*bound.columns).where(condition)
+                         .order_by(bound.id).limit(limit))
+        if not full:
+            return None
+        return Page(Position(None, bound.id_of(full[-1])), len(full), full=Rows(full))
 
     # -- reading --------------------------------------------------------------------------
 
@@ -438,6 +462,15 @@ def _utc_session(dbapi_connection: Any, _record: Any) -> None:
     with dbapi_connection.cursor() as cursor:
         cursor.execute("SET TimeZone TO 'UTC'")
     dbapi_connection.commit()
+
+
+def _cursor_of(table: sa.Table, stream: config.ContactStream | config.EventStream
+               ) -> tuple[sa.ColumnElement[Any], str | None]:
+    """The stream's cursor column and its kind; with `cursor: none`, the id stands in."""
+    if stream.cursor == config.NO_CURSOR:
+        return table.c[stream.id], "none"
+    column = table.c[stream.cursor]
+    return column, cursor_kind(column.type)
 
 
 def cursor_kind(column_type: sa.types.TypeEngine[Any]) -> str | None:

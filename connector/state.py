@@ -125,6 +125,15 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE held ADD COLUMN unanswered INTEGER NOT NULL DEFAULT 0;
     """,
+    # 5: full comparisons (`cursor: none`, reconcile). Each complete read of a stream's table
+    # has a number; a contact on record carries the number of the last read that saw it, so
+    # that the contacts a complete read did not see are known, inside SQLite. And the count
+    # of contacts found deleted, for `status`.
+    """
+    ALTER TABLE contacts ADD COLUMN seen INTEGER;
+    ALTER TABLE streams ADD COLUMN compare_pass INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE streams ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 RUNS_KEPT = 500  # per stream; the history stays bounded
@@ -573,7 +582,60 @@ class _History(_File):
         return int(row[0])
 
 
-class State(_Memory, _History):
+class _Compare(_File):
+    """Full comparisons: which contacts on record a complete read of the table saw."""
+
+    def next_compare(self, stream: str) -> int:
+        """The number of a new full comparison of `stream` (1, 2, ...)."""
+        with self._write() as db:
+            db.execute("INSERT INTO streams (name, compare_pass, updated_at) VALUES (?, 1, ?) "
+                       "ON CONFLICT (name) DO UPDATE SET compare_pass = compare_pass + 1",
+                       (stream, _now_text()))
+            row = db.execute("SELECT compare_pass FROM streams WHERE name = ?",
+                             (stream,)).fetchone()
+        return int(row[0])
+
+    def mark_seen(self, stream: str, keys: Sequence[str], number: int) -> None:
+        """The contacts `keys` were in the table during full comparison `number`."""
+        if not keys:
+            return
+        with self._write() as db:
+            db.execute("UPDATE contacts SET seen = ? WHERE stream = ? AND contact_id IN "
+                       "(SELECT value FROM json_each(?))", (number, stream, json.dumps(keys)))
+
+    def unseen(self, stream: str, number: int, before: int, after: str = "",
+               limit: int = 1000) -> list[str]:
+        """Contacts on record that full comparison `number` did not see, in id order from
+        `after` on; only those delivered before `before` (unix time, the comparison's start):
+        a contact delivered meanwhile may have a row the read had passed already."""
+        rows = self._conn.execute(
+            "SELECT contact_id FROM contacts WHERE stream = ? AND contact_id > ? "
+            "AND (seen IS NULL OR seen < ?) AND delivered_at < ? ORDER BY contact_id LIMIT ?",
+            (stream, after, number, before, limit))
+        return [row[0] for row in rows]
+
+    def forget_deleted(self, stream: str, keys: Sequence[str]) -> None:
+        """Contacts whose rows are gone: their digests and flags forgotten (a row that comes
+        back with the same id is a new upsert), and counted."""
+        if not keys:
+            return
+        with self._write() as db:
+            for part in _chunks(keys):
+                for table in ("contacts", "flags"):
+                    db.execute(f"DELETE FROM {table} WHERE stream = ? AND contact_id IN "
+                               f"({_marks(part)})", (stream, *part))
+            db.execute("INSERT INTO streams (name, deleted, updated_at) VALUES (?, ?, ?) "
+                       "ON CONFLICT (name) DO UPDATE SET deleted = deleted + excluded.deleted",
+                       (stream, len(keys), _now_text()))
+
+    def deleted(self, stream: str) -> int:
+        """How many contacts of `stream` full comparisons have found deleted, in all."""
+        row = self._conn.execute("SELECT deleted FROM streams WHERE name = ?",
+                                 (stream,)).fetchone()
+        return int(row[0]) if row else 0
+
+
+class State(_Memory, _History, _Compare):
     """The state file. Use from one thread; other processes may share the file (WAL)."""
 
     def commit(self, stream: str, page: Commit) -> None:
