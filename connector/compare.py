@@ -20,7 +20,6 @@ sent for it.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 from connector import config
@@ -38,7 +37,6 @@ __all__ = ["whole_table"]
 async def whole_table(ctx: Context, pages: StreamPages, reconcile: bool = False) -> None:
     """Compare the whole table with the state file; send what changed, then the deletes."""
     name, state, writes = pages.name, ctx.state, not ctx.dry_run
-    started = int(time.time())
     number = state.next_compare(name) if writes else 0
     sent_before = pages.counts.sent
     read = 0
@@ -56,7 +54,7 @@ async def whole_table(ctx: Context, pages: StreamPages, reconcile: bool = False)
         pages.log.info("stopped before the whole table was read: no row is counted deleted")
         return
     if writes:
-        pages.counts.deleted += await _deletes(ctx, pages, number, started, read)
+        pages.counts.deleted += await _deletes(ctx, pages, number, read)
     if reconcile:
         pages.log.info("reconcile found %d changed row(s) that the live passes had not sent "
                        "and %d deleted row(s)", pages.counts.sent - sent_before,
@@ -79,15 +77,14 @@ def page_keys(pages: StreamPages, page: Page) -> list[str]:
     return keys
 
 
-async def _deletes(ctx: Context, pages: StreamPages, number: int, started: int,
-                   read: int) -> int:
+async def _deletes(ctx: Context, pages: StreamPages, number: int, read: int) -> int:
     """The contacts on record that comparison `number` did not see: handled as the stream's
     `on_delete` says, in batches of a page; returns how many were handled."""
     stream = pages.stream
     assert isinstance(stream, config.ContactStream)
     noticed = iso_z(now_utc(), ctx.settings.source.zone)
     done, after = 0, ""
-    while batch := ctx.state.unseen(pages.name, number, started, after, pages.page_size):
+    while batch := ctx.state.unseen(pages.name, number, after, pages.page_size):
         after = batch[-1]
         if read == 0:
             pages.log.warning("the whole table read no row, yet %s contact(s) are on record: "

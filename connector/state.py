@@ -603,15 +603,15 @@ class _Compare(_File):
             db.execute("UPDATE contacts SET seen = ? WHERE stream = ? AND contact_id IN "
                        "(SELECT value FROM json_each(?))", (number, stream, json.dumps(keys)))
 
-    def unseen(self, stream: str, number: int, before: int, after: str = "",
-               limit: int = 1000) -> list[str]:
+    def unseen(self, stream: str, number: int, after: str = "", limit: int = 1000
+               ) -> list[str]:
         """Contacts on record that full comparison `number` did not see, in id order from
-        `after` on; only those delivered before `before` (unix time, the comparison's start):
-        a contact delivered meanwhile may have a row the read had passed already."""
+        `after` on. A contact first delivered while it ran (by another pass, whose row that
+        read may have passed already) is born seen by it (`State.commit`)."""
         rows = self._conn.execute(
             "SELECT contact_id FROM contacts WHERE stream = ? AND contact_id > ? "
-            "AND (seen IS NULL OR seen < ?) AND delivered_at < ? ORDER BY contact_id LIMIT ?",
-            (stream, after, number, before, limit))
+            "AND (seen IS NULL OR seen < ?) ORDER BY contact_id LIMIT ?",
+            (stream, after, number, limit))
         return [row[0] for row in rows]
 
     def forget_deleted(self, stream: str, keys: Sequence[str]) -> None:
@@ -645,13 +645,16 @@ class State(_Memory, _History, _Compare):
         with self._write() as db:
             if page.contacts:
                 db.executemany(
+                    # A contact new on record counts as seen by the comparison running
+                    # now: that read may have passed its row already (see `unseen`).
                     "INSERT INTO contacts (stream, contact_id, input_digest, payload_digest, "
-                    "delivered_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (stream, contact_id) "
+                    "delivered_at, seen) VALUES (?, ?, ?, ?, ?, (SELECT compare_pass FROM "
+                    "streams WHERE name = ?)) ON CONFLICT (stream, contact_id) "
                     "DO UPDATE SET input_digest = excluded.input_digest, "
                     "payload_digest = excluded.payload_digest, "
                     "delivered_at = CASE WHEN contacts.payload_digest = excluded.payload_digest "
                     "THEN contacts.delivered_at ELSE excluded.delivered_at END",
-                    [(stream, c.key, c.input_digest, c.payload_digest, stamp)
+                    [(stream, c.key, c.input_digest, c.payload_digest, stamp, stream)
                      for c in page.contacts])
             if page.links:
                 db.executemany("INSERT OR IGNORE INTO links VALUES (?, ?, ?, ?)",
