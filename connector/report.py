@@ -9,7 +9,7 @@ from typing import Any
 from connector import checks, config
 from connector.cursor import resolve_lookback
 from connector.errors import ConnectorError, SourceError, StateError
-from connector.source import Source
+from connector.source import BoundStream, Source
 from connector.state import State
 from connector.values import Position, now_utc, to_utc
 from connector.wiraya import Wiraya
@@ -138,9 +138,10 @@ def _check_streams(settings: config.Settings, source: Source) -> list[tuple[str,
             findings.append(("warn", f"{place}: no index starts with {stream.cursor}, so every "
                                      f"pass reads the whole table; add one: CREATE INDEX ON "
                                      f"{stream.table} ({stream.cursor}, {stream.id})"))
-        if bound.cursor_nullable:
+        if bound.cursor_nullable and bound.cursor_kind != "none":
             findings.append(("warn", f"{place}: {stream.cursor} may be NULL; such rows are held "
                                      "as dead letters until they get a value"))
+        findings += _check_text_times(place, stream.cursor, source, bound)
     return findings
 
 
@@ -153,3 +154,15 @@ def _check_guard(source: Source) -> list[tuple[str, str]]:
     return [("warn", "open-transaction guard: sees only this role's own sessions; a row "
                      "committed later than the lookback by another role could be missed. "
                      "GRANT pg_read_all_stats TO the connector's role to close that gap")]
+
+
+def _check_text_times(place: str, column: str, source: Source, bound: BoundStream
+                      ) -> list[tuple[str, str]]:
+    """Cursor values stored as text that SQLite cannot read as times: what cannot work."""
+    unreadable = source.unreadable_times(bound)
+    if not unreadable:
+        return []
+    return [("fail", f"{place}.cursor: {unreadable} row(s) hold a {column} that is not a time "
+                     "SQLite can read (ISO 8601: 2026-11-27T10:00:00Z, 2026-11-27 10:00:00, "
+                     "with or without an offset); they cannot be read in order and are held "
+                     "as dead letters: fix those values")]

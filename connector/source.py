@@ -11,7 +11,7 @@ import difflib
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any, NamedTuple, cast
 
 import sqlalchemy as sa
@@ -219,6 +219,9 @@ class Source(_Server):
             raise SourceError(f"{place}: {stream.table} has no column {', '.join(hints)}; "
                               f"its columns are {', '.join(known)}")
         cursor, kind = _cursor_of(table, stream)
+        text_time = self.dialect == "sqlite" and _text_time_type(cursor.type)
+        if text_time:
+            cursor, kind = self._sqlite_text_time(place, table, cursor)
         if kind is None:
             raise SourceError(f"{place}.cursor: column {stream.cursor!r} is "
                               f"{cursor.type}; a cursor must be a timestamp, a date or an "
@@ -226,9 +229,11 @@ class Source(_Server):
         id_column = table.c[stream.id]
         bound = BoundStream(
             name=name, table=table,
-            columns=tuple(table.c[column] for column in stream.columns()),
+            columns=tuple(cursor if column == cursor.name else table.c[column]
+                          for column in stream.columns()),
             names=tuple(stream.columns()), cursor=cursor, id=id_column,
-            cursor_kind=cast(CursorKind, kind), cursor_nullable=bool(cursor.nullable),
+            cursor_kind=cast(CursorKind, kind),
+            cursor_nullable=bool(text_time or getattr(cursor, "nullable", True)),
             id_nullable=bool(id_column.nullable),
             id_is_integer=isinstance(id_column.type, sa.Integer), is_view=is_view)
         self._bound[name] = bound
@@ -250,6 +255,43 @@ class Source(_Server):
         firsts = [index["column_names"][0] for index in indexes if index["column_names"]]
         firsts += (primary.get("constrained_columns") or [])[:1]
         return bound.cursor.name in firsts
+
+    # -- times stored as text (SQLite) -----------------------------------------------------
+
+    def _sqlite_text_time(self, place: str, table: sa.Table, column: sa.ColumnElement[Any]
+                          ) -> tuple[sa.ColumnElement[Any], str]:
+        """A SQLite time column (text: ISO 8601 with `T` or a space, `Z`, an offset or
+        none) as a cursor: compared as SQLite's own UTC normal form, so that text written
+        in different shapes still sorts by time. With an offset anywhere, the values are
+        UTC; with none, local times in `source.timezone`. A column mixing both can only be
+        read with `timezone: UTC` (SQLite reads a time without offset as UTC)."""
+        offset = sa.or_(*(column.op("GLOB")(pattern) for pattern in _OFFSET_GLOBS))
+        has_offset = sa.exists().where(offset)
+        has_naive = sa.exists().where(column.is_not(None), sa.func.typeof(column) == "text",
+                                      sa.not_(offset))
+        try:
+            with self.engine.connect() as conn:
+                aware, naive = conn.execute(sa.select(has_offset, has_naive)).one()
+        except sa.exc.SQLAlchemyError as exc:
+            raise SourceError(f"{place}: cannot read {table.name}: {describe(exc)}") from None
+        if aware and naive and self.settings.timezone not in ("UTC", "Etc/UTC"):
+            raise SourceError(
+                f"{place}.cursor: {column.name} holds times with an offset (or Z) and times "
+                f"without one; SQLite compares the latter as UTC, but timezone is "
+                f"{self.settings.timezone}: store every time one way, or set source.timezone: "
+                "UTC if the times without offset are UTC")
+        normal = sa.func.strftime("%Y-%m-%d %H:%M:%f", column)
+        return (sa.type_coerce(normal, _SqliteTime(aware=bool(aware))).label(column.name),
+                "timestamptz" if aware else "timestamp")
+
+    def unreadable_times(self, bound: BoundStream) -> int:
+        """How many rows hold a cursor value SQLite cannot read as a time (0 elsewhere)."""
+        if self.dialect != "sqlite" or not isinstance(bound.cursor.type, _SqliteTime):
+            return 0
+        raw = bound.table.c[bound.cursor.name]
+        query = sa.select(sa.func.count()).select_from(bound.table).where(
+            raw.is_not(None), bound.cursor.is_(None))
+        return int(self._all(bound, query)[0][0])
 
     # -- comparing the whole table (`cursor: none`, reconcile) ------------------------------
 
@@ -471,6 +513,41 @@ def _cursor_of(table: sa.Table, stream: config.ContactStream | config.EventStrea
         return table.c[stream.id], "none"
     column = table.c[stream.cursor]
     return column, cursor_kind(column.type)
+
+
+# Text that ends in an offset: Z, +hh:mm, -hh:mm or +hhmm.
+_OFFSET_GLOBS = ("*[Zz]", "*[+-][0-9][0-9]:[0-9][0-9]", "*[0-9][+-][0-9][0-9][0-9][0-9]")
+
+
+def _text_time_type(column_type: sa.types.TypeEngine[Any]) -> bool:
+    return isinstance(column_type, sa.DateTime | sa.String)
+
+
+class _SqliteTime(sa.types.TypeDecorator[datetime]):
+    """SQLite's normal form of a time (`YYYY-MM-DD HH:MM:SS.SSS`, UTC when the text had an
+    offset) <-> a datetime (aware in UTC when `aware`)."""
+
+    impl = sa.String
+    cache_ok = True
+
+    def __init__(self, aware: bool) -> None:
+        super().__init__()
+        self.aware = aware
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        if isinstance(value, datetime):
+            if value.tzinfo is not None:
+                value = value.astimezone(UTC).replace(tzinfo=None)
+            return value.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+        if isinstance(value, date):
+            return value.strftime("%Y-%m-%d 00:00:00.000")
+        return value
+
+    def process_result_value(self, value: Any, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        moment = datetime.fromisoformat(value)
+        return moment.replace(tzinfo=UTC) if self.aware else moment
 
 
 def cursor_kind(column_type: sa.types.TypeEngine[Any]) -> str | None:
