@@ -252,6 +252,16 @@ class ContactStream(StreamBase):
     reconcile: Duration | None = None
     on_delete: Literal["ignore"] | DeleteEvent = "ignore"
 
+    @field_validator("on_delete", mode="before")
+    @classmethod
+    def _on_delete(cls, value: object) -> object:
+        fits = value == "ignore" or (isinstance(value, dict) and set(value) == {"event"}
+                                     and isinstance(value["event"], str) and value["event"])
+        if not fits:
+            raise ValueError(f"{value!r} is not a choice: give ignore (count deleted rows, "
+                             "send nothing) or {event: NAME} (e.g. {event: OptOut})")
+        return value
+
     @model_validator(mode="after")
     def _whole(self) -> ContactStream:
         if self.compares_whole and self.lookback is not None:
@@ -574,6 +584,10 @@ def _cross_checks(raw: dict[str, Any]) -> list[tuple[str, str]]:
         if isinstance(stream, dict) and "campaign" in stream and stream.get("campaigns"):
             problems.append((f"contacts.{name}", "give either campaign or campaigns, not both"))
     for name, stream in events.items():
+        for key in ("reconcile", "on_delete") if isinstance(stream, dict) else ():
+            if key in stream:
+                problems.append((f"events.{name}.{key}", "is for contact streams only: an "
+                                 "event row once sent is history, its deletion sends nothing"))
         wanted = stream.get("contacts_stream") if isinstance(stream, dict) else None
         if wanted is not None and wanted not in contacts:
             known = ", ".join(map(str, contacts)) or "none"
