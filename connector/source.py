@@ -95,6 +95,10 @@ class Page:
     size: int
     full: Rows | None = None
     narrow: Sequence[Narrow] | None = None
+    # A whole-table comparison's page on PostgreSQL with integer ids: `[[id as text,
+    # digest], ...]` as JSON text, made by the server and handed as is to the state file,
+    # so that an unchanged page builds nothing per row in Python.
+    packed: str | None = None
 
 
 class _Server:
@@ -303,6 +307,8 @@ class Source(_Server):
         condition: sa.ColumnElement[bool] = bound.id.is_not(None)
         if after_id is not None:
             condition = sa.and_(condition, bound.id > after_id)
+        if bound.digest_salt is not None and bound.id_is_integer:
+            return self._packed_page(bound, condition, limit)
         if bound.digest_salt is not None:
             key = sa.cast(bound.id, sa.Text) if bound.id_is_integer else sa.null()
             query = sa.select(bound.id, key, self._digest(bound))
@@ -317,6 +323,21 @@ class Source(_Server):
         if not full:
             return None
         return Page(Position(None, bound.id_of(full[-1])), len(full), full=Rows(full))
+
+    def _packed_page(self, bound: BoundStream, condition: sa.ColumnElement[bool],
+                     limit: int) -> Page | None:
+        """A narrow page as one row: its size, its last id and its `[id, digest]` pairs as
+        JSON text built by the server (no Python object per row)."""
+        page = (sa.select(bound.id.label("id"), self._digest(bound)).where(condition)
+                .order_by(bound.id).limit(limit).subquery())
+        pairs = sa.func.json_agg(sa.func.json_build_array(sa.cast(page.c.id, sa.Text),
+                                                          page.c._digest))
+        query = cast(sa.Select[Any], sa.select(sa.func.count(), sa.func.max(page.c.id),
+                                               sa.cast(pairs, sa.Text)))
+        size, last, packed = tuple(self._all(bound, query)[0])
+        if not size:
+            return None
+        return Page(Position(None, last), int(size), packed=packed)
 
     # -- reading --------------------------------------------------------------------------
 
