@@ -121,10 +121,9 @@ class StreamPages:
         """As `_changed`, for a page the server packed: the comparison (and the seen
         marks of a full comparison) run inside the state file."""
         if force:
-            fetch = [str(key) for key, _ in json.loads(packed)]
+            fetch = list(json.loads(packed))
         elif self.ctx.dry_run:
-            fetch = self.ctx.state.changed_contacts(
-                self.name, {str(key): digest for key, digest in json.loads(packed)})
+            fetch = self.ctx.state.changed_contacts(self.name, json.loads(packed))
         else:
             fetch = self.ctx.state.changed_packed(self.name, packed, self.seen, self.any_held)
         self.counts.skipped += size - len(fetch)

@@ -95,8 +95,8 @@ class Page:
     size: int
     full: Rows | None = None
     narrow: Sequence[Narrow] | None = None
-    # A whole-table comparison's page on PostgreSQL with integer ids: `[[id as text,
-    # digest], ...]` as JSON text, made by the server and handed as is to the state file,
+    # A whole-table comparison's page on PostgreSQL with integer ids: `{"id": digest, ...}`
+    # as JSON text, made by the server and handed as is to the state file,
     # so that an unchanged page builds nothing per row in Python.
     packed: str | None = None
 
@@ -326,12 +326,11 @@ class Source(_Server):
 
     def _packed_page(self, bound: BoundStream, condition: sa.ColumnElement[bool],
                      limit: int) -> Page | None:
-        """A narrow page as one row: its size, its last id and its `[id, digest]` pairs as
+        """A narrow page as one row: its size, its last id and its `{id: digest}` object as
         JSON text built by the server (no Python object per row)."""
         page = (sa.select(bound.id.label("id"), self._digest(bound)).where(condition)
                 .order_by(bound.id).limit(limit).subquery())
-        pairs = sa.func.json_agg(sa.func.json_build_array(sa.cast(page.c.id, sa.Text),
-                                                          page.c._digest))
+        pairs = sa.func.json_object_agg(sa.cast(page.c.id, sa.Text), page.c._digest)
         query = cast(sa.Select[Any], sa.select(sa.func.count(), sa.func.max(page.c.id),
                                                sa.cast(pairs, sa.Text)))
         size, last, packed = tuple(self._all(bound, query)[0])

@@ -616,21 +616,18 @@ class _Compare(_File):
 
     def changed_packed(self, stream: str, packed: str, seen: int | None,
                        held: bool) -> list[str]:
-        """`changed_contacts` for a page of `[id, digest]` pairs as JSON text (`Page.packed`),
-        with the ids held back (when `held`); marks every id seen by comparison `seen`."""
-        pairs = "SELECT json_extract(value, '$[0]') FROM json_each(?1)"
+        """`changed_contacts` for a page of `{id: digest}` as JSON text (`Page.packed`), with
+        the ids held back (when `held`); marks every id seen by comparison `seen`."""
         with self._write() as db:
             if seen is not None:
-                db.execute(f"UPDATE contacts SET seen = ?3 WHERE stream = ?2 AND contact_id IN "
-                           f"({pairs})", (packed, stream, seen))
+                db.execute("UPDATE contacts SET seen = ?3 WHERE stream = ?2 AND contact_id IN "
+                           "(SELECT key FROM json_each(?1))", (packed, stream, seen))
             rows = db.execute(
-                "SELECT json_extract(p.value, '$[0]') FROM json_each(?1) AS p "
-                "LEFT JOIN contacts AS c ON c.stream = ?2 "
-                "AND c.contact_id = json_extract(p.value, '$[0]') "
-                "WHERE c.input_digest IS NULL "
-                "OR c.input_digest IS NOT json_extract(p.value, '$[1]')"
-                + (f" UNION SELECT row_key FROM held WHERE stream = ?2 AND row_key IN ({pairs})"
-                   if held else ""), (packed, stream)).fetchall()
+                "SELECT p.key FROM json_each(?1) AS p LEFT JOIN contacts AS c "
+                "ON c.stream = ?2 AND c.contact_id = p.key WHERE c.input_digest IS NOT p.value"
+                + (" UNION SELECT row_key FROM held WHERE stream = ?2 AND row_key IN "
+                   "(SELECT key FROM json_each(?1))" if held else ""),
+                (packed, stream)).fetchall()
         return [row[0] for row in rows]
 
     def forget_deleted(self, stream: str, keys: Sequence[str]) -> None:
