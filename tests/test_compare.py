@@ -231,3 +231,19 @@ def test_reconcile_on_an_event_stream_is_a_live_pass(db: Database, api: Sandbox,
     reports = run_passes(path, how=Reconcile())
     assert reports["orders"].outcome == "ok", reports["orders"].error
     assert reports["orders"].counts.sent == 1
+
+
+def test_an_emptied_table_counts_no_delete(people: Table, api: Sandbox, write_config) -> None:
+    # A table emptied (a reload in progress, a lost grant) is not every customer leaving.
+    people.add(1, 30)
+    path = write_config(contacts={"people": people_stream(on_delete={"event": "OptOut"})},
+                        source={"url": people.url})
+    run_passes(path)
+    people.execute("DELETE FROM people")
+    empty = run_passes(path)["people"]
+    assert (empty.outcome, empty.counts.read, empty.counts.deleted) == ("ok", 0, 0)
+    assert not api.events
+    people.add(1, 29)  # the reload finishes, one row fewer
+    reloaded = run_passes(path)["people"]
+    assert (reloaded.counts.sent, reloaded.counts.deleted) == (0, 1)
+    assert [contact for contact, _ in api.events] == ["30"]
