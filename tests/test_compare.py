@@ -247,3 +247,23 @@ def test_an_emptied_table_counts_no_delete(people: Table, api: Sandbox, write_co
     reloaded = run_passes(path)["people"]
     assert (reloaded.counts.sent, reloaded.counts.deleted) == (0, 1)
     assert [contact for contact, _ in api.events] == ["30"]
+
+
+def test_text_ids_on_postgresql(db: Database, api: Sandbox, write_config) -> None:
+    # Ids that are text: narrow pages of (id, digest) rows rather than packed ones.
+    db.execute("CREATE TABLE members (code text PRIMARY KEY, mobile text, city text)")
+    db.execute("INSERT INTO members SELECT 'M-' || i, '+4670' || (1000000 + i), 'City' || i "
+               "FROM generate_series(1, 90) AS i")
+    stream = {"table": "members", "id": "code", "cursor": "none", "page_size": 25,
+              "personal": {"phoneNumber": {"column": "mobile", "region": "SE"}},
+              "general": {"city": "city"}, "on_delete": {"event": "OptOut"}}
+    path = write_config(contacts={"members": stream})
+    assert run_passes(path)["members"].counts.sent == 90
+    db.execute("UPDATE members SET city = 'Kiruna' WHERE code = 'M-40'")
+    db.execute("DELETE FROM members WHERE code = 'M-7'")
+    writes = api.contact_writes
+    second = run_passes(path)["members"]
+    assert (second.counts.read, second.counts.sent, second.counts.deleted) == (89, 1, 1)
+    assert api.contact_writes - writes == Counter({"M-40": 1})
+    assert [contact for contact, _ in api.events] == ["M-7"]
+    assert run_passes(path)["members"].counts.sent == 0
