@@ -125,8 +125,10 @@ def _check_streams(settings: config.Settings, source: Source) -> list[tuple[str,
         except SourceError as exc:
             findings.append(("fail", str(exc)))
             continue
+        order = f"cursor {stream.cursor} ({bound.cursor_kind})" if bound.cursor_kind != "none" \
+            else "cursor none: each pass compares the whole table"
         findings.append(("ok", f"{place}: {stream.table} ({'view' if bound.is_view else 'table'})"
-                               f", id {stream.id}, cursor {stream.cursor} ({bound.cursor_kind})"))
+                               f", id {stream.id}, {order}"))
         try:
             resolve_lookback(place, stream.cursor, bound.cursor_kind, stream.lookback)
         except SourceError as exc:

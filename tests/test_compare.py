@@ -3,6 +3,7 @@ PostgreSQL server and on SQLite, against the sandbox over HTTP."""
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections import Counter
 from pathlib import Path
@@ -267,3 +268,49 @@ def test_text_ids_on_postgresql(db: Database, api: Sandbox, write_config) -> Non
     assert api.contact_writes - writes == Counter({"M-40": 1})
     assert [contact for contact, _ in api.events] == ["M-7"]
     assert run_passes(path)["members"].counts.sent == 0
+
+
+def test_a_dry_run_compares_and_changes_nothing(people: Table, api: Sandbox,
+                                                write_config) -> None:
+    people.add(1, 60)
+    path = write_config(contacts={"people": people_stream(on_delete={"event": "OptOut"})},
+                        source={"url": people.url})
+    run_passes(path)
+    people.execute("UPDATE people SET city = 'Umeå' WHERE person_id = 5")
+    people.execute("DELETE FROM people WHERE person_id = 6")
+    writes = api.contact_writes
+    dry = run_passes(path, dry_run=True)["people"]
+    assert (dry.outcome, dry.counts.sent, dry.counts.deleted) == ("ok", 1, 0)
+    assert api.contact_writes == writes
+    assert not api.events
+    real = run_passes(path)["people"]
+    assert (real.counts.sent, real.counts.deleted) == (1, 1)
+
+
+def test_sync_reconcile_on_the_command_line(db: Database, api: Sandbox, write_config) -> None:
+    from tests.conftest import cli
+
+    db.execute(CUSTOMERS)
+    add_customers(db, 1, 30, at="'2020-01-01T00:00:00Z'::timestamptz + i * interval '1h'")
+    path = write_config(contacts={"customers": customers_stream(reconcile="1h")})
+    assert cli("--config", str(path), "sync").returncode == 0
+    db.execute("UPDATE customers SET city = 'Visby' WHERE customer_id = 3")
+    db.execute("DELETE FROM customers WHERE customer_id = 4")
+    result = cli("--config", str(path), "-v", "sync", "--reconcile")
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(r"customers: 29 read, 1 sent, 28 skipped, 1 deleted in [0-9.]+s\n",
+                        result.stdout)
+    assert "reconcile found 1 changed row(s) that the live passes had not sent and 1 " \
+           "deleted row(s)" in result.stderr
+    status = cli("--config", str(path), "status")
+    assert "customers: 1 contact(s) found deleted from the table so far" in status.stdout
+
+
+def test_check_says_what_cursor_none_means(people: Table, api: Sandbox, write_config) -> None:
+    import asyncio
+
+    path = write_config(contacts={"people": people_stream()}, source={"url": people.url})
+    findings = asyncio.run(report.check(config.load(path)))
+    assert ("ok", "contacts.people: people (table), id person_id, cursor none: each pass "
+                  "compares the whole table") in findings
+    assert [text for level, text in findings if level == "fail"] == []
