@@ -244,7 +244,8 @@ class _WholeTable(_Server):
         condition: sa.ColumnElement[bool] = bound.id.is_not(None)
         if after_id is not None:
             condition = sa.and_(condition, bound.id > after_id)
-        if bound.digest_salt is not None and bound.id_is_integer:
+        if bound.digest_salt is not None and bound.id_is_integer \
+                and self.dialect == "postgresql":  # json_object_agg
             return self._packed_page(bound, condition, limit)
         if bound.digest_salt is not None:
             key = sa.cast(bound.id, sa.Text) if bound.id_is_integer else sa.null()
