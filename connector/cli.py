@@ -161,6 +161,9 @@ def _sync_commands(commands: _Commands) -> None:
                       help="with --show: mask personal fields (phone number, names...)")
     sync.add_argument("--json", action="store_true",
                       help="print one JSON object instead of lines")
+    sync.add_argument("--reconcile", action="store_true",
+                      help="compare the whole table of each contact stream now (changes "
+                           "that left the cursor alone, deleted rows)")
 
     commands.add("run", "sync:run", "run as a daemon: every stream on its schedule, until "
                                     "SIGTERM or Ctrl-C")

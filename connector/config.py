@@ -210,6 +210,15 @@ class ColumnEvent(_Model):
     at: str | None = None  # column with the time it happened; default: the stream's cursor
 
 
+NO_CURSOR = "none"  # `cursor: none`: no change column; each pass compares the whole table
+
+
+class DeleteEvent(_Model):
+    """`on_delete: {event: OptOut}`: the event sent once when a contact's row disappears."""
+
+    event: str = Field(min_length=1)
+
+
 class StreamBase(_Model):
     table: TableRef
     id: str = Field(min_length=1)
@@ -238,9 +247,28 @@ class ContactStream(StreamBase):
     campaign: CampaignLink | None = None  # the short form of one entry in `campaigns`
     campaigns: list[CampaignLink] = Field(default_factory=list)
     events: list[ColumnEvent] = Field(default_factory=list)
+    # A full comparison of the table on this schedule (cursor streams; off by default).
+    reconcile: Duration | None = None
+    on_delete: Literal["ignore"] | DeleteEvent = "ignore"
+
+    @field_validator("on_delete", mode="before")
+    @classmethod
+    def _on_delete(cls, value: object) -> object:
+        fits = value == "ignore" or (isinstance(value, dict) and set(value) == {"event"}
+                                     and isinstance(value["event"], str) and value["event"])
+        if not fits:
+            raise ValueError(f"{value!r} is not a choice: give ignore (count deleted rows, "
+                             "send nothing) or {event: NAME} (e.g. {event: OptOut})")
+        return value
 
     @model_validator(mode="after")
     def _whole(self) -> ContactStream:
+        if self.compares_whole and self.lookback is not None:
+            raise ValueError("lookback has no meaning with cursor: none (each pass reads the "
+                             "whole table); remove lookback")
+        if self.compares_whole and self.reconcile is not None:
+            raise ValueError("reconcile has no meaning with cursor: none (every pass is a full "
+                             "comparison already); remove reconcile")
         if not self.personal and not self.general:
             raise ValueError("map at least one field under personal or general "
                              "(Wiraya needs at least personal.phoneNumber)")
@@ -249,13 +277,18 @@ class ContactStream(StreamBase):
         return self
 
     @property
+    def compares_whole(self) -> bool:
+        """`cursor: none`: no change column, each pass compares the whole table."""
+        return self.cursor == NO_CURSOR
+
+    @property
     def links(self) -> list[CampaignLink]:
         """Every campaign this stream links its contacts to."""
         return [self.campaign] if self.campaign is not None else list(self.campaigns)
 
     def columns(self) -> list[str]:
         """Every column this stream reads, in a stable order, without repeats."""
-        names = [self.id, self.cursor]
+        names = [self.id] if self.compares_whole else [self.id, self.cursor]
         names += [f.column for f in self.personal.values()]
         names += [f.column for f in self.general.values()]
         for link in self.links:
@@ -283,6 +316,15 @@ class EventStream(StreamBase):
     fields: dict[str, str] = Field(default_factory=dict)  # extra body fields -> column
     contacts_stream: str | None = None  # wait for this contact stream (default: all of them)
     wait_for_contact: bool = True
+
+    @field_validator("cursor")
+    @classmethod
+    def _ordered(cls, value: str) -> str:
+        if value == NO_CURSOR:
+            # An event is sent once per row, in order; a deleted event row is history.
+            raise ValueError("an event stream needs a cursor (events are read in order, each "
+                             "once); a growing id works: cursor: <the id column>")
+        return value
 
     @field_validator("fields")
     @classmethod
@@ -540,7 +582,7 @@ def _vocabulary() -> list[str]:
     names: set[str] = set()
     models: list[type[BaseModel]] = [Settings, Source, Wiraya, Logging, Metrics, ContactStream,
                                      EventStream, FieldMap, CampaignLink, Iteration, Condition,
-                                     ColumnEvent, TableRef, Daemon]
+                                     ColumnEvent, TableRef, Daemon, DeleteEvent]
     for model in models:
         for name, info in model.model_fields.items():
             names.add(info.alias or name)
@@ -575,6 +617,10 @@ def _cross_checks(raw: dict[str, Any]) -> list[tuple[str, str]]:
         if isinstance(stream, dict) and "campaign" in stream and stream.get("campaigns"):
             problems.append((f"contacts.{name}", "give either campaign or campaigns, not both"))
     for name, stream in events.items():
+        for key in ("reconcile", "on_delete") if isinstance(stream, dict) else ():
+            if key in stream:
+                problems.append((f"events.{name}.{key}", "is for contact streams only: an "
+                                 "event row once sent is history, its deletion sends nothing"))
         wanted = stream.get("contacts_stream") if isinstance(stream, dict) else None
         if wanted is not None and wanted not in contacts:
             known = ", ".join(map(str, contacts)) or "none"

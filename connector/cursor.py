@@ -14,7 +14,8 @@ from typing import Any, Literal
 from connector.errors import SourceError
 from connector.values import Position, to_utc
 
-CursorKind = Literal["timestamp", "timestamptz", "date", "integer", "number"]
+# "none": `cursor: none`, the stream has no cursor column (its id stands in for the order).
+CursorKind = Literal["timestamp", "timestamptz", "date", "integer", "number", "none"]
 TIME_KINDS: frozenset[str] = frozenset({"timestamp", "timestamptz", "date"})
 COUNT_KINDS: frozenset[str] = frozenset({"integer", "number"})
 
@@ -22,7 +23,7 @@ Lookback = timedelta | int
 
 __all__ = ["COUNT_KINDS", "TIME_KINDS", "CursorKind", "Lookback", "Position", "after",
            "comparable", "cursor_json", "cursor_value", "default_lookback", "lookback_fits",
-           "resolve_lookback", "step_back"]
+           "range_key", "resolve_lookback", "step_back"]
 
 
 def default_lookback(kind: CursorKind) -> Lookback:
@@ -100,3 +101,14 @@ def cursor_json(cursor: Any) -> str | None:
 
 def cursor_value(text: str | None) -> Any:
     return Position.from_json(text).cursor if text else None
+
+
+def range_key(since: Any, until: Any, resend: bool) -> str:
+    """How a backfill's range is known in the state file, to resume it."""
+    return f"{_text(since)}..{_text(until)}" + (" resend" if resend else "")
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)

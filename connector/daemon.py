@@ -35,7 +35,7 @@ from connector.health import Endpoint, Health, PassOutcome
 from connector.logs import for_stream
 from connector.state import DaemonLock
 from connector.statefile import StateWatch, folder_error
-from connector.sync import Context, run_pass
+from connector.sync import Context, Reconcile, run_pass
 
 __all__ = ["backfill", "run"]
 
@@ -130,6 +130,12 @@ class _Daemon:
                               seconds=streams[name].every.total_seconds(),
                               next_run_time=first, max_instances=1, coalesce=True,
                               misfire_grace_time=None)
+            reconcile = getattr(streams[name], "reconcile", None)
+            if reconcile is not None:  # a whole-table comparison, first after one interval
+                scheduler.add_job(self._job, "interval", args=[name, True],
+                                  id=f"{name} reconcile", name=f"{name} reconcile",
+                                  seconds=reconcile.total_seconds(), max_instances=1,
+                                  coalesce=True, misfire_grace_time=None)
         scheduler.start()
         log.info("daemon started: %s", ", ".join(
             f"{name} every {streams[name].every.total_seconds():g}s" for name in self.names))
@@ -140,18 +146,19 @@ class _Daemon:
             self.health.beat()
             await asyncio.sleep(1.0)
 
-    async def _job(self, name: str) -> None:
+    async def _job(self, name: str, reconcile: bool = False) -> None:
         """The scheduler's job. The pass runs in a task of its own, shielded: the scheduler
         and the loop's teardown must never cancel a page whose events are on the wire."""
-        if self.stop.is_set() or name in self.running:
+        key = f"{name} (reconcile)" if reconcile else name
+        if self.stop.is_set() or key in self.running:
             return
-        task = asyncio.create_task(self._pass(name), name=f"pass {name}")
-        self.running[name] = task
-        task.add_done_callback(lambda _done: self.running.pop(name, None))
+        task = asyncio.create_task(self._pass(name, reconcile), name=f"pass {key}")
+        self.running[key] = task
+        task.add_done_callback(lambda _done: self.running.pop(key, None))
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.shield(task)
 
-    async def _pass(self, name: str) -> None:
+    async def _pass(self, name: str, reconcile: bool = False) -> None:
         slog = for_stream(name)
         problem = self.watch.check() or self._keep_lock()
         if problem is not None:  # the state is lost for good: stop before anything is sent
@@ -166,7 +173,7 @@ class _Daemon:
             self.health.record(name, PassOutcome("failed", problem))
             return
         try:
-            report = await run_pass(self.ctx, name)
+            report = await run_pass(self.ctx, name, Reconcile() if reconcile else None)
         except (ConnectorError, sqlite3.Error) as exc:  # the run history could not be written
             slog.error("pass failed: %s", exc)
             self.health.record(name, PassOutcome("failed", str(exc)))
@@ -217,7 +224,8 @@ class _Daemon:
         await asyncio.gather(*(tasks[name] for name in cut), return_exceptions=True)
         note = "cut short at stop: the page in flight was not recorded"
         with contextlib.suppress(ConnectorError, sqlite3.Error):
-            self.ctx.state.finish_unfinished_runs(cut, self.first_run, "stopped", note)
+            self.ctx.state.finish_unfinished_runs([key.split(" (")[0] for key in cut],
+                                                  self.first_run, "stopped", note)
         log.warning("stopped before the pass of %s finished its page (daemon.stop_timeout "
                     "%gs): what that page sent before it was recorded may be sent again at "
                     "the next start", ", ".join(cut), timeout)

@@ -352,7 +352,8 @@ class ContactMapper:
         self.stream = stream
         self.zone = zone
         self.id_index = _getter(names, stream.id)
-        self.cursor_index = _getter(names, stream.cursor)
+        # `cursor: none`: no cursor column; a flag's time is then its `at`, else now.
+        self.cursor_index = _getter(names, stream.cursor if stream.cursor in names else stream.id)
         self.fields = [
             (section, field, spec, _getter(names, spec.column),
              spec.required if spec.required is not None else field == "phoneNumber",
@@ -463,7 +464,8 @@ class ContactMapper:
                 # The time it happened: the `at` column, else a time cursor, else (an
                 # integer cursor) the moment it is sent.
                 explicit = at_index is not None
-                raw = row[at_index if at_index is not None else self.cursor_index]
+                raw = row[at_index if at_index is not None else self.cursor_index] \
+                    if explicit or not self.stream.compares_whole else None
                 if raw is not None and (explicit or isinstance(raw, date | str)):
                     try:
                         at = as_timestamp(raw, self.zone)

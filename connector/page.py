@@ -9,11 +9,12 @@ committed, the events that were waiting for them are released (`held.release_wai
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from connector import config, held, plan
-from connector.context import Context
+from connector.context import Context, StopFlag
 from connector.deliver import Delivery
 from connector.logs import for_stream
 from connector.mapping import ContactMapper, EventMapper, Rejected, as_key
@@ -49,6 +50,7 @@ class StreamPages:
         self.columns = plan.Columns(bound.id_index, bound.cursor_index)
         self.page_size = ctx.settings.page_size(stream)
         self.held_now: set[str] = set()  # rows this pass has just held: not re-checked now
+        self.seen: int | None = None  # the full comparison running (compare.py), if any
         self.any_held = ctx.state.has_held(name)  # else no held row is looked up per page
         self.delivery = Delivery(name, ctx.api, self._record_now, zone, ctx.on_send,
                                  self.counts, ctx.settings.wiraya.max_attempts)
@@ -88,6 +90,8 @@ class StreamPages:
 
     async def _changed(self, page: Page, force: bool) -> Rows:
         """The full rows of a narrow page whose digest is not the one on record."""
+        if page.packed is not None:
+            return await self._changed_packed(page.packed, page.size, force)
         digests: dict[str, int] = {}
         odd: list[str] = []  # ids that are not clean keys: the full path holds them
         for item in page.narrow or ():
@@ -112,6 +116,20 @@ class StreamPages:
         if not fetch and not odd:
             return Rows([])
         return await asyncio.to_thread(self.ctx.source.rows_by_id, self.bound, fetch + odd)
+
+    async def _changed_packed(self, packed: str, size: int, force: bool) -> Rows:
+        """As `_changed`, for a page the server packed: the comparison (and the seen
+        marks of a full comparison) run inside the state file."""
+        if force:
+            fetch = list(json.loads(packed))
+        elif self.ctx.dry_run:
+            fetch = self.ctx.state.changed_contacts(self.name, json.loads(packed))
+        else:
+            fetch = self.ctx.state.changed_packed(self.name, packed, self.seen, self.any_held)
+        self.counts.skipped += size - len(fetch)
+        if not fetch:
+            return Rows([])
+        return await asyncio.to_thread(self.ctx.source.rows_by_id, self.bound, fetch)
 
     async def _handle(self, rows: Rows, force: bool) -> Commit:
         if self.contacts is not None:
@@ -187,3 +205,25 @@ class StreamPages:
                 self.ctx, [item.key for item in commit.contacts],
                 lambda stream: StreamPages(self.ctx, stream, lock_wait=False))
 
+
+
+async def read_ahead(stop: StopFlag, read: Callable[[Position | None], Page | None],
+                     size: int, start: Position | None = None) -> AsyncIterator[Page]:
+    """Pages from `read(after)` until one is short; the next page is read (in a thread)
+    while the caller handles this one. Stops after the page in hand when `stop` is set."""
+    pending: asyncio.Future[Page | None] | None = asyncio.ensure_future(
+        asyncio.to_thread(read, start))
+    try:
+        while pending is not None:
+            page = await pending
+            pending = None
+            if page is None:
+                return
+            if page.size == size and not stop.is_set():
+                pending = asyncio.ensure_future(asyncio.to_thread(read, page.last))
+            yield page
+            if stop.is_set():
+                return
+    finally:
+        if pending is not None:
+            pending.cancel()

@@ -10,7 +10,7 @@ from connector import checks, config
 from connector.cursor import resolve_lookback
 from connector.dialects import mysql
 from connector.errors import ConnectorError, SourceError, StateError
-from connector.source import Source
+from connector.source import BoundStream, Source
 from connector.state import State
 from connector.values import Position, now_utc, to_utc
 from connector.wiraya import Wiraya
@@ -58,6 +58,7 @@ def status(settings: config.Settings) -> list[dict[str, Any]]:
                 "delivered": delivered,
                 "waiting": counts.get((name, "waiting"), 0),
                 "dead": counts.get((name, "dead"), 0),
+                "deleted": state.deleted(name) if state else 0,
             })
     finally:
         if state:
@@ -125,8 +126,10 @@ def _check_streams(settings: config.Settings, source: Source) -> list[tuple[str,
         except SourceError as exc:
             findings.append(("fail", str(exc)))
             continue
+        order = f"cursor {stream.cursor} ({bound.cursor_kind})" if bound.cursor_kind != "none" \
+            else "cursor none: each pass compares the whole table"
         findings.append(("ok", f"{place}: {stream.table} ({'view' if bound.is_view else 'table'})"
-                               f", id {stream.id}, cursor {stream.cursor} ({bound.cursor_kind})"))
+                               f", id {stream.id}, {order}"))
         try:
             resolve_lookback(place, stream.cursor, bound.cursor_kind, stream.lookback)
         except SourceError as exc:
@@ -140,9 +143,10 @@ def _check_streams(settings: config.Settings, source: Source) -> list[tuple[str,
                 else f"CREATE INDEX ON {stream.table} ({stream.cursor}, {stream.id})"
             findings.append(("warn", f"{place}: no index starts with {stream.cursor}, so every "
                                      f"pass reads the whole table; add one: {statement}"))
-        if bound.cursor_nullable:
+        if bound.cursor_nullable and bound.cursor_kind != "none":
             findings.append(("warn", f"{place}: {stream.cursor} may be NULL; such rows are held "
                                      "as dead letters until they get a value"))
+        findings += _check_text_times(place, stream.cursor, source, bound)
     return findings
 
 
@@ -157,3 +161,15 @@ def _check_guard(source: Source) -> list[tuple[str, str]]:
     return [("warn", "open-transaction guard: sees only this role's own sessions; a row "
                      "committed later than the lookback by another role could be missed. "
                      "GRANT pg_read_all_stats TO the connector's role to close that gap")]
+
+
+def _check_text_times(place: str, column: str, source: Source, bound: BoundStream
+                      ) -> list[tuple[str, str]]:
+    """Cursor values stored as text that SQLite cannot read as times: what cannot work."""
+    unreadable = source.unreadable_times(bound)
+    if not unreadable:
+        return []
+    return [("fail", f"{place}.cursor: {unreadable} row(s) hold a {column} that is not a time "
+                     "SQLite can read (ISO 8601: 2026-11-27T10:00:00Z, 2026-11-27 10:00:00, "
+                     "with or without an offset); they cannot be read in order and are held "
+                     "as dead letters: fix those values")]

@@ -12,7 +12,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any, NamedTuple, TypeVar, cast
 
 import sqlalchemy as sa
@@ -102,6 +102,10 @@ class Page:
     size: int
     full: Rows | None = None
     narrow: Sequence[Narrow] | None = None
+    # A whole-table comparison's page on PostgreSQL with integer ids: `{"id": digest, ...}`
+    # as JSON text, made by the server and handed as is to the state file,
+    # so that an unchanged page builds nothing per row in Python.
+    packed: str | None = None
 
 
 class _Server:
@@ -215,7 +219,106 @@ class _Server:
                               f"{describe(exc)}") from None
 
 
-class Source(_Server):
+class _TextTimes(_Server):
+    """Times stored as text (SQLite): a cursor compared as SQLite's normal form of a time."""
+
+    def _sqlite_text_time(self, place: str, table: sa.Table, column: sa.ColumnElement[Any]
+                          ) -> tuple[sa.ColumnElement[Any], str]:
+        """A SQLite time column (text: ISO 8601 with `T` or a space, `Z`, an offset or
+        none) as a cursor: compared as SQLite's own UTC normal form, so that text written
+        in different shapes still sorts by time. With an offset anywhere, the values are
+        UTC; with none, local times in `source.timezone`. A column mixing both can only be
+        read with `timezone: UTC` (SQLite reads a time without offset as UTC)."""
+        offset = sa.or_(*(column.op("GLOB")(pattern) for pattern in _OFFSET_GLOBS))
+        has_offset = sa.exists().where(offset)
+        has_naive = sa.exists().where(column.is_not(None), sa.func.typeof(column) == "text",
+                                      sa.not_(offset))
+        try:
+            with self.engine.connect() as conn:
+                aware, naive = conn.execute(sa.select(has_offset, has_naive)).one()
+        except sa.exc.SQLAlchemyError as exc:
+            raise SourceError(f"{place}: cannot read {table.name}: {describe(exc)}") from None
+        if aware and naive and self.settings.timezone not in ("UTC", "Etc/UTC"):
+            raise SourceError(
+                f"{place}.cursor: {column.name} holds times with an offset (or Z) and times "
+                f"without one; SQLite compares the latter as UTC, but timezone is "
+                f"{self.settings.timezone}: store every time one way, or set source.timezone: "
+                "UTC if the times without offset are UTC")
+        normal = sa.func.strftime("%Y-%m-%d %H:%M:%f", column)
+        return (sa.type_coerce(normal, _SqliteTime(aware=bool(aware))).label(column.name),
+                "timestamptz" if aware else "timestamp")
+
+    def unreadable_times(self, bound: BoundStream) -> int:
+        """How many rows hold a cursor value SQLite cannot read as a time (0 elsewhere)."""
+        if self.dialect != "sqlite" or not isinstance(bound.cursor.type, _SqliteTime):
+            return 0
+        raw = bound.table.c[bound.cursor.name]
+        query = sa.select(sa.func.count()).select_from(bound.table).where(
+            raw.is_not(None), bound.cursor.is_(None))
+        try:
+            with self.engine.connect() as conn:
+                return int(conn.execute(query).scalar() or 0)
+        except sa.exc.SQLAlchemyError as exc:
+            raise SourceError(f"{bound.name}: reading {bound.table.fullname} failed: "
+                              f"{describe(exc)}") from None
+
+
+class _WholeTable(_Server):
+    """A whole-table comparison's reads (`cursor: none`, reconcile): pages in id order."""
+
+    def _digest(self, bound: BoundStream) -> sa.ColumnElement[Any]:
+        raise NotImplementedError  # the server's row digest: Source's, per dialect
+
+    def compare_page(self, bound: BoundStream, limit: int, after_id: Any = None
+                     ) -> Page | None:
+        """The next page of the whole table in id order (None: no more rows), whatever the
+        cursor: narrow `(id, id as text, digest)` where the server digests rows, else full
+        rows (their digest is then computed here). Rows with a NULL id cannot be compared."""
+        condition: sa.ColumnElement[bool] = bound.id.is_not(None)
+        if after_id is not None:
+            condition = sa.and_(condition, bound.id > after_id)
+        if bound.digest_salt is not None and bound.id_is_integer \
+                and self.dialect == "postgresql":  # json_object_agg
+            return self._packed_page(bound, condition, limit)
+        if bound.digest_salt is not None:
+            key = sa.cast(bound.id, sa.Text) if bound.id_is_integer else sa.null()
+            query = sa.select(bound.id, key, self._digest(bound))
+            rows: Sequence[Sequence[Any]] = self._fetch(
+                bound, query.where(condition).order_by(bound.id).limit(limit))
+            if not rows:
+                return None
+            return Page(Position(None, rows[-1][0]), len(rows),
+                        narrow=[Narrow(row[0], row[1], row[2]) for row in rows])
+        full = self._fetch(bound, sa.select(*bound.columns).where(condition)
+                         .order_by(bound.id).limit(limit))
+        if not full:
+            return None
+        return Page(Position(None, bound.id_of(full[-1])), len(full), full=Rows(full))
+
+    def _packed_page(self, bound: BoundStream, condition: sa.ColumnElement[bool],
+                     limit: int) -> Page | None:
+        """A narrow page as one row: its size, its last id and its `{id: digest}` object as
+        JSON text built by the server (no Python object per row)."""
+        page = (sa.select(bound.id.label("id"), self._digest(bound)).where(condition)
+                .order_by(bound.id).limit(limit).subquery())
+        pairs = sa.func.json_object_agg(sa.cast(page.c.id, sa.Text), page.c._digest)
+        query = cast(sa.Select[Any], sa.select(sa.func.count(), sa.func.max(page.c.id),
+                                               sa.cast(pairs, sa.Text)))
+        size, last, packed = tuple(self._fetch(bound, query)[0])
+        if not size:
+            return None
+        return Page(Position(None, last), int(size), packed=packed)
+
+    def _fetch(self, bound: BoundStream, query: sa.Select[Any]) -> list[Row[Any]]:
+        try:
+            with self.engine.connect() as conn:
+                return list(conn.execute(query).all())
+        except sa.exc.SQLAlchemyError as exc:
+            raise SourceError(f"{bound.name}: reading {bound.table.fullname} failed: "
+                              f"{describe(exc)}") from None
+
+
+class Source(_WholeTable, _TextTimes):
     """The customer database: a stream's table described and read."""
 
     # -- describing a stream's table ------------------------------------------------------
@@ -249,8 +352,10 @@ class Source(_Server):
                 hints.append(f"{column!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
             raise SourceError(f"{place}: {stream.table} has no column {', '.join(hints)}; "
                               f"its columns are {', '.join(known)}")
-        cursor = table.c[stream.cursor]
-        kind = cursor_kind(cursor.type)
+        cursor, kind = _cursor_of(table, stream)
+        text_time = self.dialect == "sqlite" and _text_time_type(cursor.type)
+        if text_time:
+            cursor, kind = self._sqlite_text_time(place, table, cursor)
         if kind is None:
             raise SourceError(f"{place}.cursor: column {stream.cursor!r} is "
                               f"{cursor.type}; a cursor must be a timestamp, a date or an "
@@ -258,9 +363,11 @@ class Source(_Server):
         id_column = table.c[stream.id]
         bound = BoundStream(
             name=name, table=table,
-            columns=tuple(table.c[column] for column in stream.columns()),
+            columns=tuple(cursor if column == cursor.name else table.c[column]
+                          for column in stream.columns()),
             names=tuple(stream.columns()), cursor=cursor, id=id_column,
-            cursor_kind=cast(CursorKind, kind), cursor_nullable=bool(cursor.nullable),
+            cursor_kind=cast(CursorKind, kind),
+            cursor_nullable=bool(text_time or getattr(cursor, "nullable", True)),
             id_nullable=bool(id_column.nullable),
             id_is_integer=isinstance(id_column.type, sa.Integer), is_view=is_view)
         self._bound[name] = bound
@@ -475,6 +582,50 @@ def _utc_session(dbapi_connection: Any, _record: Any) -> None:
     with dbapi_connection.cursor() as cursor:
         cursor.execute("SET TimeZone TO 'UTC'")
     dbapi_connection.commit()
+
+
+def _cursor_of(table: sa.Table, stream: config.ContactStream | config.EventStream
+               ) -> tuple[sa.ColumnElement[Any], str | None]:
+    """The stream's cursor column and its kind; with `cursor: none`, the id stands in."""
+    if stream.cursor == config.NO_CURSOR:
+        return table.c[stream.id], "none"
+    column = table.c[stream.cursor]
+    return column, cursor_kind(column.type)
+
+
+# Text that ends in an offset: Z, +hh:mm, -hh:mm or +hhmm.
+_OFFSET_GLOBS = ("*[Zz]", "*[+-][0-9][0-9]:[0-9][0-9]", "*[0-9][+-][0-9][0-9][0-9][0-9]")
+
+
+def _text_time_type(column_type: sa.types.TypeEngine[Any]) -> bool:
+    return isinstance(column_type, sa.DateTime | sa.String)
+
+
+class _SqliteTime(sa.types.TypeDecorator[datetime]):
+    """SQLite's normal form of a time (`YYYY-MM-DD HH:MM:SS.SSS`, UTC when the text had an
+    offset) <-> a datetime (aware in UTC when `aware`)."""
+
+    impl = sa.String
+    cache_ok = True
+
+    def __init__(self, aware: bool) -> None:
+        super().__init__()
+        self.aware = aware
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        if isinstance(value, datetime):
+            if value.tzinfo is not None:
+                value = value.astimezone(UTC).replace(tzinfo=None)
+            return value.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+        if isinstance(value, date):
+            return value.strftime("%Y-%m-%d 00:00:00.000")
+        return value
+
+    def process_result_value(self, value: Any, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        moment = datetime.fromisoformat(value)
+        return moment.replace(tzinfo=UTC) if self.aware else moment
 
 
 def cursor_kind(column_type: sa.types.TypeEngine[Any]) -> str | None:

@@ -124,6 +124,15 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE held ADD COLUMN unanswered INTEGER NOT NULL DEFAULT 0;
     """,
+    # 5: full comparisons (`cursor: none`, reconcile). Each complete read of a stream's table
+    # has a number; a contact on record carries the number of the last read that saw it, so
+    # that the contacts a complete read did not see are known, inside SQLite. And the count
+    # of contacts found deleted, for `status`.
+    """
+    ALTER TABLE contacts ADD COLUMN seen INTEGER;
+    ALTER TABLE streams ADD COLUMN compare_pass INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE streams ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 RUNS_KEPT = 500  # per stream; the history stays bounded
@@ -606,7 +615,76 @@ class _History(_File):
             return int(cursor.rowcount)
 
 
-class State(_Memory, _History):
+class _Compare(_File):
+    """Full comparisons: which contacts on record a complete read of the table saw."""
+
+    def next_compare(self, stream: str) -> int:
+        """The number of a new full comparison of `stream` (1, 2, ...)."""
+        with self._write() as db:
+            db.execute("INSERT INTO streams (name, compare_pass, updated_at) VALUES (?, 1, ?) "
+                       "ON CONFLICT (name) DO UPDATE SET compare_pass = compare_pass + 1",
+                       (stream, _now_text()))
+            row = db.execute("SELECT compare_pass FROM streams WHERE name = ?",
+                             (stream,)).fetchone()
+        return int(row[0])
+
+    def mark_seen(self, stream: str, keys: Sequence[str], number: int) -> None:
+        """The contacts `keys` were in the table during full comparison `number`."""
+        if not keys:
+            return
+        with self._write() as db:
+            db.execute("UPDATE contacts SET seen = ? WHERE stream = ? AND contact_id IN "
+                       "(SELECT value FROM json_each(?))", (number, stream, json.dumps(keys)))
+
+    def unseen(self, stream: str, number: int, after: str = "", limit: int = 1000
+               ) -> list[str]:
+        """Contacts on record that full comparison `number` did not see, in id order from
+        `after` on. A contact first delivered while it ran (by another pass, whose row that
+        read may have passed already) is born seen by it (`State.commit`)."""
+        rows = self._conn.execute(
+            "SELECT contact_id FROM contacts WHERE stream = ? AND contact_id > ? "
+            "AND (seen IS NULL OR seen < ?) ORDER BY contact_id LIMIT ?",
+            (stream, after, number, limit))
+        return [row[0] for row in rows]
+
+    def changed_packed(self, stream: str, packed: str, seen: int | None,
+                       held: bool) -> list[str]:
+        """`changed_contacts` for a page of `{id: digest}` as JSON text (`Page.packed`), with
+        the ids held back (when `held`); marks every id seen by comparison `seen`."""
+        with self._write() as db:
+            if seen is not None:
+                db.execute("UPDATE contacts SET seen = ?3 WHERE stream = ?2 AND contact_id IN "
+                           "(SELECT key FROM json_each(?1))", (packed, stream, seen))
+            rows = db.execute(
+                "SELECT p.key FROM json_each(?1) AS p LEFT JOIN contacts AS c "
+                "ON c.stream = ?2 AND c.contact_id = p.key WHERE c.input_digest IS NOT p.value"
+                + (" UNION SELECT row_key FROM held WHERE stream = ?2 AND row_key IN "
+                   "(SELECT key FROM json_each(?1))" if held else ""),
+                (packed, stream)).fetchall()
+        return [row[0] for row in rows]
+
+    def forget_deleted(self, stream: str, keys: Sequence[str]) -> None:
+        """Contacts whose rows are gone: their digests and flags forgotten (a row that comes
+        back with the same id is a new upsert), and counted."""
+        if not keys:
+            return
+        with self._write() as db:
+            for part in _chunks(keys):
+                for table in ("contacts", "flags"):
+                    db.execute(f"DELETE FROM {table} WHERE stream = ? AND contact_id IN "
+                               f"({_marks(part)})", (stream, *part))
+            db.execute("INSERT INTO streams (name, deleted, updated_at) VALUES (?, ?, ?) "
+                       "ON CONFLICT (name) DO UPDATE SET deleted = deleted + excluded.deleted",
+                       (stream, len(keys), _now_text()))
+
+    def deleted(self, stream: str) -> int:
+        """How many contacts of `stream` full comparisons have found deleted, in all."""
+        row = self._conn.execute("SELECT deleted FROM streams WHERE name = ?",
+                                 (stream,)).fetchone()
+        return int(row[0]) if row else 0
+
+
+class State(_Memory, _History, _Compare):
     """The state file. Use from one thread; other processes may share the file (WAL)."""
 
     def commit(self, stream: str, page: Commit) -> None:
@@ -616,13 +694,16 @@ class State(_Memory, _History):
         with self._write() as db:
             if page.contacts:
                 db.executemany(
+                    # A contact new on record counts as seen by the comparison running
+                    # now: that read may have passed its row already (see `unseen`).
                     "INSERT INTO contacts (stream, contact_id, input_digest, payload_digest, "
-                    "delivered_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (stream, contact_id) "
+                    "delivered_at, seen) VALUES (?, ?, ?, ?, ?, (SELECT compare_pass FROM "
+                    "streams WHERE name = ?)) ON CONFLICT (stream, contact_id) "
                     "DO UPDATE SET input_digest = excluded.input_digest, "
                     "payload_digest = excluded.payload_digest, "
                     "delivered_at = CASE WHEN contacts.payload_digest = excluded.payload_digest "
                     "THEN contacts.delivered_at ELSE excluded.delivered_at END",
-                    [(stream, c.key, c.input_digest, c.payload_digest, stamp)
+                    [(stream, c.key, c.input_digest, c.payload_digest, stamp, stream)
                      for c in page.contacts])
             if page.links:
                 db.executemany("INSERT OR IGNORE INTO links VALUES (?, ?, ?, ?)",

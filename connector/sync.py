@@ -13,11 +13,13 @@ Kinds of pass:
 - `Backfill(since, until, resend, restart)`: a bounded `[since, until)` range, resumable;
   never moves the watermark.
 - `Retry()`: the rows held as dead letters, read again by id, sent whatever the digests say.
+- `Reconcile()`: a full comparison of a contact stream's table (`compare.py`): rows changed
+  without their cursor moving, and deleted rows. A `cursor: none` stream's live pass is one.
+  On an event stream, a live pass (a deleted event row is history).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -25,20 +27,20 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
 
-from connector import checks, held, metrics, restart
+from connector import checks, compare, held, metrics, restart
 from connector.context import Context, StopFlag
-from connector.cursor import Lookback, after, resolve_lookback
+from connector.cursor import Lookback, after, range_key, resolve_lookback
 from connector.errors import ConnectorError
 from connector.logs import for_stream
-from connector.page import StreamPages
+from connector.page import StreamPages, read_ahead
 from connector.source import Page
 from connector.values import Counts, Outcome, PassKind, Position, now_utc, to_utc
 from connector.window import Checkpoint, Window, live_window
 
 log = logging.getLogger("connector.sync")
 
-__all__ = ["Backfill", "Context", "How", "Live", "Report", "Retry", "StopFlag", "range_key",
-           "run_pass"]
+__all__ = ["Backfill", "Context", "How", "Live", "Reconcile", "Report", "Retry", "StopFlag",
+           "range_key", "run_pass"]
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,12 @@ class Retry:
     kind: ClassVar[PassKind] = "retry"
 
 
-How = Live | Backfill | Retry
+@dataclass(frozen=True)
+class Reconcile:
+    kind: PassKind = "reconcile"
+
+
+How = Live | Backfill | Retry | Reconcile
 
 
 @dataclass
@@ -78,7 +85,8 @@ class Report:
 
     def line(self) -> str:
         parts = [f"{self.counts[name]} {name}" for name in
-                 ("read", "sent", "skipped", "linked", "events", "released", "waiting", "dead")
+                 ("read", "sent", "skipped", "linked", "events", "released", "waiting", "dead",
+                  "deleted")
                  if self.counts[name] or name in ("read", "sent", "skipped")]
         text = f"{self.stream}: {', '.join(parts)} in {self.seconds:.2f}s"
         if self.error:
@@ -96,9 +104,12 @@ async def run_pass(ctx: Context, name: str, how: How | None = None) -> Report:
     try:
         pages = StreamPages(ctx, name, report.counts)
         stream = ctx.settings.streams[name]
-        lookback = resolve_lookback(f"{_section(ctx, name)}.{name}",
-                                    stream.cursor, pages.bound.cursor_kind, stream.lookback)
-        if isinstance(how, Live):
+        if pages.contacts is not None and (isinstance(how, Reconcile) or (
+                isinstance(how, Live) and pages.bound.cursor_kind == "none")):
+            await compare.whole_table(ctx, pages, reconcile=isinstance(how, Reconcile))
+        elif isinstance(how, Live | Reconcile):
+            lookback = resolve_lookback(f"{_section(ctx, name)}.{name}", stream.cursor,
+                                        pages.bound.cursor_kind, stream.lookback)
             report.watermark = await _live(ctx, pages, lookback)
         elif isinstance(how, Backfill):
             await _backfill(ctx, pages, how)
@@ -129,7 +140,7 @@ def _record(ctx: Context, report: Report, run_id: int | None) -> None:
     """The pass in the metrics and, unless a dry run, in the state file's run history."""
     name = report.stream
     metrics.PASSES.labels(name, report.outcome).inc()
-    for outcome in ("read", "sent", "skipped", "dead", "waiting"):
+    for outcome in ("read", "sent", "skipped", "dead", "waiting", "deleted"):
         metrics.ROWS.labels(name, outcome).inc(report.counts[outcome])
     if report.watermark is not None and isinstance(report.watermark.cursor, datetime):
         lag = now_utc() - to_utc(report.watermark.cursor, ctx.settings.source.zone)
@@ -214,30 +225,5 @@ async def _pages(ctx: Context, pages: StreamPages, floor: Any = None,
     def read(position: Position | None) -> Page | None:
         return source.read_page(bound, size, after=position, floor=floor, until=until)
 
-    pending: asyncio.Future[Page | None] | None = asyncio.ensure_future(
-        asyncio.to_thread(read, start))
-    try:
-        while pending is not None:
-            page = await pending
-            pending = None
-            if page is None:
-                return
-            if page.size == size and not ctx.stop.is_set():
-                pending = asyncio.ensure_future(asyncio.to_thread(read, page.last))
-            yield page
-            if ctx.stop.is_set():
-                return
-    finally:
-        if pending is not None:
-            pending.cancel()
-
-
-def range_key(since: Any, until: Any, resend: bool) -> str:
-    """How a backfill's range is known in the state file, to resume it."""
-    return f"{_text(since)}..{_text(until)}" + (" resend" if resend else "")
-
-
-def _text(value: Any) -> str:
-    if value is None:
-        return ""
-    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+    async for page in read_ahead(ctx.stop, read, size, start):
+        yield page

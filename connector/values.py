@@ -20,7 +20,7 @@ from connector import localtime
 Digest = bytes | int
 
 # The words that cross module lines and reach the state file; nothing else is valid.
-PassKind = Literal["live", "backfill", "retry", "release"]
+PassKind = Literal["live", "backfill", "retry", "release", "reconcile"]
 Outcome = Literal["running", "ok", "failed", "stopped"]
 HeldState = Literal["dead", "waiting"]
 
@@ -39,6 +39,7 @@ class Counts:
     dead: int = 0
     repeated: int = 0
     resolved: int = 0
+    deleted: int = 0  # contacts whose rows disappeared (noticed by a complete read)
 
     def __getitem__(self, name: str) -> int:
         """`counts["sent"]`: for callers that pick counts by name (tables, metrics)."""

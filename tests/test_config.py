@@ -995,3 +995,60 @@ def test_bad_port_error_hides_the_password(url: str) -> None:
     with pytest.raises(ConfigError) as info:
         config.parse(dump(minimal(source={"url": url})), env=ENV)
     assert_no_secret(str(info.value))
+
+
+# ---------------------------------------------------------------------------
+# cursor: none, reconcile, on_delete
+
+
+def test_cursor_none_reads_no_cursor_column() -> None:
+    settings = config.parse(dump(with_stream(cursor="none", on_delete={"event": "OptOut"})),
+                            env=ENV)
+    customers = settings.contacts["customers"]
+    assert customers.compares_whole
+    assert customers.columns() == ["customer_id", "mobile"]
+    assert customers.on_delete == config.DeleteEvent(event="OptOut")
+    assert customers.reconcile is None
+
+
+def test_reconcile_and_on_delete_on_a_cursor_stream() -> None:
+    settings = config.parse(dump(with_stream(reconcile="1h", on_delete="ignore")), env=ENV)
+    customers = settings.contacts["customers"]
+    assert not customers.compares_whole
+    assert customers.reconcile == timedelta(hours=1)
+    assert customers.on_delete == "ignore"
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"cursor": "none", "lookback": "10m"},
+     "lookback has no meaning with cursor: none (each pass reads the whole table); remove "
+     "lookback"),
+    ({"cursor": "none", "reconcile": "1h"},
+     "reconcile has no meaning with cursor: none (every pass is a full comparison already); "
+     "remove reconcile"),
+])
+def test_cursor_none_refuses_what_has_no_meaning(changes: dict[str, Any], message: str) -> None:
+    assert problem_at(problems_of(dump(with_stream(**changes))), "contacts.customers") == message
+
+
+def test_an_event_stream_needs_a_cursor() -> None:
+    document = minimal(events={"orders": {**ORDERS, "cursor": "none"}})
+    assert problem_at(problems_of(dump(document)), "events.orders.cursor") == (
+        "an event stream needs a cursor (events are read in order, each once); a growing id "
+        "works: cursor: <the id column>")
+
+
+@pytest.mark.parametrize("key", ["reconcile", "on_delete"])
+def test_reconcile_and_on_delete_are_for_contact_streams(key: str) -> None:
+    document = minimal(events={"orders": {**ORDERS, key: "1h"}})
+    assert problem_at(problems_of(dump(document)), f"events.orders.{key}") == (
+        "is for contact streams only: an event row once sent is history, its deletion sends "
+        "nothing")
+
+
+@pytest.mark.parametrize(("value", "shown"), [
+    ("optout", "'optout'"), ({"event": ""}, "{'event': ''}"), ({"evnt": "X"}, "{'evnt': 'X'}")])
+def test_on_delete_is_ignore_or_an_event(value: Any, shown: str) -> None:
+    assert problems_of(dump(with_stream(on_delete=value))) == [(
+        "contacts.customers.on_delete", f"{shown} is not a choice: give ignore (count deleted "
+        "rows, send nothing) or {event: NAME} (e.g. {event: OptOut})")]

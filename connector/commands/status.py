@@ -45,6 +45,9 @@ def status(args: argparse.Namespace) -> int:
         error = (row["last_run"] or {}).get("error")
         if error:
             output.line(f"{row['stream']}: last error: {error}")
+        if row["deleted"]:
+            output.line(f"{row['stream']}: {row['deleted']} contact(s) found deleted from the "
+                        "table so far")
     return 0
 
 
@@ -73,7 +76,8 @@ def status_rows(loaded: Settings) -> list[dict[str, Any]]:
                 "delivered": state.count("contacts" if kind == "contacts" else "ledger", name)
                 if state else 0,
                 "waiting": counts.get((name, "waiting"), 0),
-                "dead": counts.get((name, "dead"), 0)})
+                "dead": counts.get((name, "dead"), 0),
+                "deleted": state.deleted(name) if state else 0})
         return rows
     finally:
         if state:

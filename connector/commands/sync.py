@@ -30,6 +30,7 @@ def sync(args: argparse.Namespace) -> int:
     if args.redact and args.show is None:
         raise ConfigError([("--redact", "goes with --show N; add --show 10")], "arguments")
     from connector import session
+    from connector.sync import Reconcile
 
     loaded = _settings(args)
     names = session.pick_streams(loaded, args.streams)
@@ -39,7 +40,8 @@ def sync(args: argparse.Namespace) -> int:
         async with session.opened(loaded, dry_run=args.dry_run,
                                   stop=session.stop_on_signals()) as ctx:
             ctx.on_send = shown
-            return await session.run_streams(ctx, names)
+            return await session.run_streams(ctx, names,
+                                             Reconcile() if args.reconcile else None)
 
     reports = asyncio.run(go())
     if args.json:
