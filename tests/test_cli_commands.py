@@ -179,7 +179,7 @@ def test_sync_json_is_one_object_with_numbers(shop: Path, api: Sandbox,
     assert (code, err) == (0, "")
     assert len(out.splitlines()) == 1
     zero = {"linked": 0, "events": 0, "released": 0, "waiting": 0, "dead": 0, "repeated": 0,
-            "resolved": 0}
+            "resolved": 0, "deleted": 0}
     assert _seconds(json.loads(out)) == {
         "dry_run": False, "outcome": "ok", "exit_code": 0,
         "streams": {
@@ -200,7 +200,7 @@ def test_a_failed_pass_in_json_keeps_its_error_and_exit_code(
     assert document == {"dry_run": False, "outcome": "failed", "exit_code": 1, "streams": {
         "conversions": {"outcome": "failed", "seconds": 0.0, "counts": {
             "read": 0, "sent": 0, "skipped": 0, "linked": 0, "events": 0, "released": 0,
-            "waiting": 0, "dead": 0, "repeated": 0, "resolved": 0}}}}
+            "waiting": 0, "dead": 0, "repeated": 0, "resolved": 0, "deleted": 0}}}}
 
 
 def test_a_dry_run_says_what_it_would_send_and_sends_nothing(
@@ -237,7 +237,8 @@ def test_show_prints_the_payloads_masking_secrets_and_with_redact_personal_field
     assert document["dry_run"] is True
     assert document["streams"]["customers"]["counts"] == {
         "read": 30, "to_send": 30, "skipped": 0, "to_link": 0, "events_to_send": 0,
-        "to_release": 0, "would_wait": 0, "would_be_dead": 0, "repeated": 0, "resolved": 0}
+        "to_release": 0, "would_wait": 0, "would_be_dead": 0, "repeated": 0, "resolved": 0,
+        "deleted": 0}
     redacted = {"phoneNumber": "***", "givenName": "***", "surName": "***"}
     assert document["payloads"] == {"total": 30, "shown": [
         {"kind": "contact", "key": "1",
@@ -360,7 +361,7 @@ def test_status_json_gives_lag_in_seconds_and_the_watermark_as_values(
     assert {key: last[key] for key in ("stream", "kind", "outcome", "read", "sent")} == \
         {"stream": "customers", "kind": "live", "outcome": "ok", "read": 3, "sent": 3}
     assert row == {"stream": "customers", "kind": "contacts", "delivered": 3, "waiting": 0,
-                   "dead": 0}
+                   "dead": 0, "deleted": 0}
     code, out, _ = run(capsys, "status", "--config", str(path))
     lines = out.splitlines()
     assert lines[0] == f"state: {path.parent / 'state' / 'connector.db'}"
