@@ -217,6 +217,7 @@ def check_none(key: str, settings: config.Settings) -> None:
         "contacts.NAME.events": lambda: customers.events == [],
         "events.NAME.fields": lambda: settings.events["orders"].fields == {},
         "wiraya.idempotency_header": lambda: settings.wiraya.idempotency_header is None,
+        "contacts.NAME.reconcile": lambda: customers.reconcile is None,
     }
     assert key in absent, f"README: {key} says none/off; tell this test how to see that"
     assert absent[key](), key
