@@ -72,13 +72,21 @@ class NewUser:
                 "writes": self.api.contact_writes - writes,
                 "events": [(contact, body["name"])
                            for contact, body in self.api.events[events:]],
+                "at": sorted((contact, body["at"]) for contact, body in self.api.events[events:]),
                 "requests": self.api.requests[requests:]}
 
 
 def as_they_are(user: NewUser, execute: Callable[[str], None], ids: range, orders: int,
-                edit: str, edited: str, delete: str, deleted: str, reinsert: str) -> None:
-    """The whole trial after init: check, two syncs, an edit, a delete, a re-insert."""
+                edit: str, edited: str, delete: str, deleted: str,
+                reinsert: str) -> dict[str, Any]:
+    """The whole trial after init: check, two syncs, an edit, a delete, a re-insert;
+    returns what the first sync sent."""
     user.check()
+    stream = next(iter(user.proposed()["contacts"]))
+
+    def counts(done: dict[str, Any]) -> dict[str, int]:
+        result: dict[str, int] = done["report"]["streams"][stream]["counts"]
+        return result
 
     first = user.sync()
     assert first["writes"] == Counter({str(i): 1 for i in ids})
@@ -87,6 +95,7 @@ def as_they_are(user: NewUser, execute: Callable[[str], None], ids: range, order
 
     second = user.sync()
     assert second["requests"] == []
+    assert (counts(second)["read"], counts(second)["skipped"]) == (len(ids), len(ids))
 
     execute(edit)  # no timestamp is touched: only the whole-table comparison can see it
     changed = user.sync()
@@ -98,6 +107,7 @@ def as_they_are(user: NewUser, execute: Callable[[str], None], ids: range, order
     gone = user.sync()
     assert gone["events"] == [(deleted, "OptOut")]
     assert gone["writes"] == Counter()
+    assert counts(gone)["deleted"] == 1
     assert user.sync()["requests"] == []  # once per disappearance
 
     execute(reinsert)
@@ -105,6 +115,7 @@ def as_they_are(user: NewUser, execute: Callable[[str], None], ids: range, order
     assert back["writes"] == Counter({deleted: 1})
     assert back["events"] == []
     assert user.sync()["requests"] == []
+    return first
 
 
 # -- 1. a web shop on MariaDB --------------------------------------------------------------
@@ -157,13 +168,17 @@ def test_a_web_shop_on_mariadb(mdb: MariaDatabase, api: Sandbox, tmp_path: Path)
     told = user.init()
 
     assert user.proposed() == SHOP_PROPOSAL, told
-    as_they_are(user, mdb.execute, range(1, 41), 25,
-                edit="UPDATE customers SET city = 'Lund' WHERE customer_id = 17",
-                edited="17",
-                delete="DELETE FROM customers WHERE customer_id = 33",  # has no orders
-                deleted="33",
-                reinsert="INSERT INTO customers (customer_id, first_name, last_name, phone) "
-                         "VALUES (33, 'Back', 'Again', '+46 70 555 01 33')")
+    first = as_they_are(
+        user, mdb.execute, range(1, 41), 25,
+        edit="UPDATE customers SET city = 'Lund' WHERE customer_id = 17",
+        edited="17",
+        delete="DELETE FROM customers WHERE customer_id = 33",  # has no orders
+        deleted="33",
+        reinsert="INSERT INTO customers (customer_id, first_name, last_name, phone) "
+                 "VALUES (33, 'Back', 'Again', '+46 70 555 01 33')")
+    # Orders 1 and 21 of customer 2, their naive DATETIMEs read in source.timezone (UTC).
+    assert [at for contact, at in first["at"] if contact == "2"] == [
+        "2025-04-01T13:00:00Z", "2025-04-02T09:00:00Z"]
 
 
 # -- 2. an app on SQLite with ISO 8601 text times ending in Z ------------------------------
@@ -219,13 +234,17 @@ def test_an_app_on_sqlite_with_text_times(api: Sandbox, tmp_path: Path) -> None:
     told = user.init()
 
     assert user.proposed() == APP_PROPOSAL, told
-    as_they_are(user, execute, range(1, 51), 30,
-                edit="UPDATE users SET city = 'Lund' WHERE id = 8",
-                edited="8",
-                delete="DELETE FROM users WHERE id = 44",  # has no purchases
-                deleted="44",
-                reinsert="INSERT INTO users VALUES "
-                         "(44, 'Back', '+46705550144', NULL, '2025-07-01T00:00:00Z')")
+    first = as_they_are(
+        user, execute, range(1, 51), 30,
+        edit="UPDATE users SET city = 'Lund' WHERE id = 8",
+        edited="8",
+        delete="DELETE FROM users WHERE id = 44",  # has no purchases
+        deleted="44",
+        reinsert="INSERT INTO users VALUES "
+                 "(44, 'Back', '+46705550144', NULL, '2025-07-01T00:00:00Z')")
+    # Purchases 1 and 26 of user 2, their text times with Z as written.
+    assert [at for contact, at in first["at"] if contact == "2"] == [
+        "2025-06-01T11:00:00Z", "2025-06-02T12:00:00Z"]
 
 
 # -- 3. a PostgreSQL CRM with CamelCase quoted names ---------------------------------------
@@ -275,10 +294,11 @@ def test_a_postgresql_crm_with_camelcase_names(db: Database, api: Sandbox,
     told = user.init()
 
     assert user.proposed() == CRM_PROPOSAL, told
-    as_they_are(user, db.execute, range(1, 61), 12,
-                edit='UPDATE "Contacts" SET "City" = \'Lund\' WHERE "ContactId" = 42',
-                edited="42",
-                delete='DELETE FROM "Contacts" WHERE "ContactId" = 55',  # has no deals
-                deleted="55",
-                reinsert='INSERT INTO "Contacts" ("ContactId", "FirstName", "MobilePhone") '
-                         "VALUES (55, 'Back', '+46 70 555 01 55')")
+    as_they_are(
+        user, db.execute, range(1, 61), 12,
+        edit='UPDATE "Contacts" SET "City" = \'Lund\' WHERE "ContactId" = 42',
+        edited="42",
+        delete='DELETE FROM "Contacts" WHERE "ContactId" = 55',  # has no deals
+        deleted="55",
+        reinsert='INSERT INTO "Contacts" ("ContactId", "FirstName", "MobilePhone") '
+                 "VALUES (55, 'Back', '+46 70 555 01 55')")
