@@ -14,8 +14,9 @@ Then the cost of reconcile: the same PostgreSQL table synced by a cursor stream
 beside `connector sync --reconcile` (the full comparison).
 
 Every row is synced once before anything is measured (a first pass to the sandbox, not
-measured; at 1,000,000 rows this takes minutes on 2 cores). MariaDB: not measured here (no
-MariaDB server helper in this tree).
+measured; at 1,000,000 rows this takes minutes on 2 cores). MariaDB (a throwaway server from
+tests/mariadbserver.py, the tests' MariaDB table, a `mysql://` URL with a read-only user) is
+measured for `cursor: none` like PostgreSQL: narrow pages of (id, MD5-based digest).
 
 Run from the repo root (niced: the machine is shared):
 
@@ -26,6 +27,7 @@ Run from the repo root (niced: the machine is shared):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import sqlite3
 import sys
@@ -35,6 +37,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common
+from tests import mariadb_fixtures
+from tests.mariadbserver import MariaDbServer
 
 PRIME_WIRAYA = {"rate_limit": "none", "concurrency": 8, "bulk_size": 500}
 
@@ -129,20 +133,54 @@ def sqlite(api: common.SandboxProcess, rows: int, repeats: int, folder: Path
                      repeats, "sqlite cursor: none")
 
 
+def start_mariadb() -> MariaDbServer:
+    """A throwaway MariaDB server with the connector's user (reads, sees open transactions)."""
+    server = MariaDbServer().start()
+    with contextlib.closing(server.connect()) as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE USER '{common.DB_USER}'@'127.0.0.1' IDENTIFIED BY "
+                    f"'{common.DB_PASSWORD}'")
+        cur.execute(f"GRANT PROCESS ON *.* TO '{common.DB_USER}'@'127.0.0.1'")
+    return server
+
+
+def mariadb(server: MariaDbServer, api: common.SandboxProcess, rows: int, repeats: int,
+            folder: Path) -> dict[str, float]:
+    name = server.create_database(f"compare_{rows}")
+    with contextlib.closing(server.connect()) as conn, conn.cursor() as cur:
+        cur.execute(f"GRANT SELECT ON `{name}`.* TO '{common.DB_USER}'@'127.0.0.1'")
+    db = mariadb_fixtures.MariaDatabase(server, name)
+    db.execute(mariadb_fixtures.CUSTOMERS)
+    mariadb_fixtures.add_customers(db, 1, rows)
+    db.execute("ANALYZE TABLE customers")
+    settings: dict[str, Any] = {"db_url": db.url, "api_url": api.url}
+    stream = none_stream(table="customers")
+    prime(common.write_config(folder, **settings, wiraya=PRIME_WIRAYA, stream=stream,
+                              name="prime.yaml"), rows, "mariadb")
+    api.reset()
+    return unchanged(common.write_config(folder, **settings, stream=stream), rows,
+                     repeats, "mariadb cursor: none")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--repeats", type=int, default=3, help="passes measured per case")
-    parser.add_argument("--no-sqlite", action="store_true", help="PostgreSQL only")
+    parser.add_argument("--no-sqlite", action="store_true", help="no SQLite figures")
+    parser.add_argument("--no-mariadb", action="store_true", help="no MariaDB figures")
     parser.add_argument("--keep", metavar="DIR", help="keep configs and state files here")
     args = parser.parse_args()
     started = common.header("compare: cursor: none over an unchanged table; reconcile", args)
     table: list[tuple[str, int, dict[str, float]]] = []
     with common.temp_folder("bench-compare-", args.keep) as folder, \
-            common.Postgres() as pg, common.SandboxProcess() as api:
-        print(f"postgresql {pg.version}; sqlite {sqlite3.sqlite_version}; sandbox at {api.url}")
-        print("config: the tests' customers stream, page_size 5000, wiraya defaults; "
-              "MariaDB: not measured (no MariaDB server helper in this tree)")
+            common.Postgres() as pg, common.SandboxProcess() as api, \
+            contextlib.ExitStack() as servers:
+        maria = None
+        if not args.no_mariadb:
+            maria = start_mariadb()
+            servers.callback(maria.cleanup)
+        print(f"postgresql {pg.version}; sqlite {sqlite3.sqlite_version}; mariadb "
+              f"{maria.version() if maria else '(not measured)'}; sandbox at {api.url}")
+        print("config: the tests' customers stream, page_size 5000, wiraya defaults")
         for rows in args.sizes:
             for case, fig in postgres(pg, api, rows, args.repeats,
                                       folder / f"pg_{rows}").items():
@@ -150,6 +188,10 @@ def main() -> int:
             if not args.no_sqlite:
                 table.append(("sqlite cursor: none", rows,
                               sqlite(api, rows, args.repeats, folder / f"sqlite_{rows}")))
+            if maria is not None:
+                table.append(("mariadb cursor: none", rows,
+                              mariadb(maria, api, rows, args.repeats,
+                                      folder / f"mariadb_{rows}")))
     print()
     print(f"{'case':<28} {'rows':>10}  {'pass (median)':>13}  {'sync (median)':>13}  "
           f"{'peak RSS':>9}")
