@@ -167,6 +167,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="passes measured per case")
     parser.add_argument("--no-sqlite", action="store_true", help="no SQLite figures")
     parser.add_argument("--no-mariadb", action="store_true", help="no MariaDB figures")
+    parser.add_argument("--no-postgresql", action="store_true",
+                        help="no PostgreSQL figures (its server still serves nothing else)")
     parser.add_argument("--keep", metavar="DIR", help="keep configs and state files here")
     args = parser.parse_args()
     started = common.header("compare: cursor: none over an unchanged table; reconcile", args)
@@ -182,8 +184,9 @@ def main() -> int:
               f"{maria.version() if maria else '(not measured)'}; sandbox at {api.url}")
         print("config: the tests' customers stream, page_size 5000, wiraya defaults")
         for rows in args.sizes:
-            for case, fig in postgres(pg, api, rows, args.repeats,
-                                      folder / f"pg_{rows}").items():
+            cases = {} if args.no_postgresql else postgres(pg, api, rows, args.repeats,
+                                                           folder / f"pg_{rows}")
+            for case, fig in cases.items():
                 table.append((f"postgresql {case}", rows, fig))
             if not args.no_sqlite:
                 table.append(("sqlite cursor: none", rows,
