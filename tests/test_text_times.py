@@ -135,7 +135,8 @@ def test_text_event_times_as_cursor_and_at(tmp_path: Path, api: Sandbox,
     path = write_config(events={"purchases": {
         "table": "purchases", "id": "id", "contact": "user_id", "cursor": "paid_at",
         "lookback": "0s", "name": "Conversion", "wait_for_contact": False}},
-        source={"url": f"sqlite:///{database}"})
+        source={"url": f"sqlite:///{database}"},
+        wiraya={"concurrency": 1})  # one call at a time: they arrive in the order read
     first = run_passes(path)["purchases"]
     assert first.outcome == "ok", first.error
     # In time order, each at its own time in UTC.
