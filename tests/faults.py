@@ -188,6 +188,11 @@ FAULTS: list[Fault] = [
        "UPDATE contacts SET seen = ?3 WHERE 0 AND stream",
        "tests/test_compare.py::test_no_change_column_sends_all_then_nothing_then_the_edit",
        why="a complete read does not mark what it saw: every contact counted deleted"),
+    _f("seen-marks-rows", "connector/state.py",
+       "db.execute(\"UPDATE contacts SET seen = ? WHERE stream = ? AND contact_id IN \"",
+       "db.execute(\"UPDATE contacts SET seen = ? WHERE 0 AND stream = ? AND contact_id IN \"",
+       "tests/test_mariadb.py::test_killed_at_any_moment_nothing_is_lost",
+       why="a whole-table read of full rows (MariaDB, SQLite) counts every contact deleted"),
     _f("born-seen", "connector/state.py",
        "\"delivered_at, seen) VALUES (?, ?, ?, ?, ?, (SELECT compare_pass FROM \"\n"
        "                    \"streams WHERE name = ?))",

@@ -607,8 +607,14 @@ def test_killed_at_any_moment_nothing_is_lost(mdb: MariaDatabase, api: Sandbox,
     add_orders(mdb, 1, 3_000, customers=20_000, at="'2026-01-01' + INTERVAL (3 * i) SECOND")
     api.faults.latency = 0.002
     concurrency = 8
-    path = maria_config(contacts={"customers": customers_stream(page_size=500)},
-                        events={"conversions": dict(CONVERSIONS, page_size=200)},
+    # A second stream compares the whole table and would send an OptOut for every row it
+    # did not see: a pass killed midway must never count the rest as deleted.
+    everyone = customers_stream(page_size=500, cursor="none", on_delete={"event": "OptOut"})
+    everyone.pop("lookback", None)
+    path = maria_config(contacts={"customers": customers_stream(page_size=500),
+                                  "everyone": everyone},
+                        events={"conversions": dict(CONVERSIONS, page_size=200,
+                                                    contacts_stream="customers")},
                         wiraya={"bulk_size": 50, "concurrency": concurrency})
     rng = random.Random(11)
     kills = 0
@@ -641,6 +647,13 @@ def test_killed_at_any_moment_nothing_is_lost(mdb: MariaDatabase, api: Sandbox,
     assert len(seen) == 3_000  # no event lost
     # Resent at most what was in flight when each kill came (the requests, not the rows).
     assert sum(count - 1 for count in seen.values()) <= kills * concurrency
+    assert [body for _, body in api.events if body["name"] == "OptOut"] == []
+
+    # A row really deleted: exactly one OptOut, once the whole table was read.
+    mdb.execute("DELETE FROM customers WHERE customer_id = 4242")
+    assert cli("--config", str(path), "sync", "everyone", timeout=600).returncode == 0
+    assert cli("--config", str(path), "sync", "everyone", timeout=600).returncode == 0
+    assert [cid for cid, body in api.events if body["name"] == "OptOut"] == ["4242"]
 
 
 def test_the_server_fixture_listens_on_loopback_only(maria_server: MariaDbServer) -> None:
