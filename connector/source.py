@@ -144,6 +144,14 @@ class _Server:
     def close(self) -> None:
         self.engine.dispose()
 
+    def _all(self, bound: BoundStream, query: sa.Select[Any]) -> list[Row[Any]]:
+        try:
+            with self.engine.connect() as conn:
+                return list(conn.execute(query).all())
+        except sa.exc.SQLAlchemyError as exc:
+            raise SourceError(f"{bound.name}: reading {bound.table.fullname} failed: "
+                              f"{describe(exc)}") from None
+
     # -- the open-transaction guard (PostgreSQL) ------------------------------------------
 
     def oldest_open_transaction(self) -> datetime | None:
@@ -283,13 +291,13 @@ class _WholeTable(_Server):
         if bound.digest_salt is not None:
             key = sa.cast(bound.id, sa.Text) if bound.id_is_integer else sa.null()
             query = sa.select(bound.id, key, self._digest(bound))
-            rows: Sequence[Sequence[Any]] = self._fetch(
+            rows: Sequence[Sequence[Any]] = self._all(
                 bound, query.where(condition).order_by(bound.id).limit(limit))
             if not rows:
                 return None
             return Page(Position(None, rows[-1][0]), len(rows),
                         narrow=[Narrow(row[0], row[1], row[2]) for row in rows])
-        full = self._fetch(bound, sa.select(*bound.columns).where(condition)
+        full = self._all(bound, sa.select(*bound.columns).where(condition)
                          .order_by(bound.id).limit(limit))
         if not full:
             return None
@@ -304,18 +312,10 @@ class _WholeTable(_Server):
         pairs = sa.func.json_object_agg(sa.cast(page.c.id, sa.Text), page.c._digest)
         query = cast(sa.Select[Any], sa.select(sa.func.count(), sa.func.max(page.c.id),
                                                sa.cast(pairs, sa.Text)))
-        size, last, packed = tuple(self._fetch(bound, query)[0])
+        size, last, packed = tuple(self._all(bound, query)[0])
         if not size:
             return None
         return Page(Position(None, last), int(size), packed=packed)
-
-    def _fetch(self, bound: BoundStream, query: sa.Select[Any]) -> list[Row[Any]]:
-        try:
-            with self.engine.connect() as conn:
-                return list(conn.execute(query).all())
-        except sa.exc.SQLAlchemyError as exc:
-            raise SourceError(f"{bound.name}: reading {bound.table.fullname} failed: "
-                              f"{describe(exc)}") from None
 
 
 class Source(_WholeTable, _TextTimes):
@@ -541,14 +541,6 @@ class Source(_WholeTable, _TextTimes):
                               .digest(), "big", signed=True)
         values = sa.cast(sa.func.row(*bound.columns), sa.Text)
         return sa.func.hashtextextended(values, sa.literal(seed, sa.BigInteger)).label("_digest")
-
-    def _all(self, bound: BoundStream, query: sa.Select[Any]) -> list[Row[Any]]:
-        try:
-            with self.engine.connect() as conn:
-                return list(conn.execute(query).all())
-        except sa.exc.SQLAlchemyError as exc:
-            raise SourceError(f"{bound.name}: reading {bound.table.fullname} failed: "
-                              f"{describe(exc)}") from None
 
     def _id_value(self, bound: BoundStream, key: str) -> Any:
         if bound.id_is_integer:
