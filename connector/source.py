@@ -331,9 +331,7 @@ class Source(_WholeTable, _TextTimes):
         place = f"{section}.{name}"
         try:
             with self.engine.connect() as conn:
-                meta = mysql.metadata() if self.dialect == "mysql" else sa.MetaData()
-                table = sa.Table(stream.table.name, meta, schema=stream.table.schema_,
-                                 autoload_with=conn)
+                table = self._columns_of(conn, stream.table.name, stream.table.schema_)
                 is_view = stream.table.name in sa.inspect(conn).get_view_names(
                     schema=stream.table.schema_)
         except sa.exc.NoSuchTableError:
@@ -372,6 +370,16 @@ class Source(_WholeTable, _TextTimes):
             id_is_integer=isinstance(id_column.type, sa.Integer), is_view=is_view)
         self._bound[name] = bound
         return bound
+
+    def _columns_of(self, conn: sa.Connection, name: str, schema: str | None) -> sa.Table:
+        """The table with its columns only (name, type, nullable): a pass needs no more,
+        and reflecting the whole table (keys, indexes, constraints, comments) costs twice
+        the catalog queries. Raises NoSuchTableError."""
+        adapt = mysql.reflected_type if self.dialect == "mysql" else (lambda kind: kind)
+        columns = sa.inspect(conn).get_columns(name, schema=schema)
+        return sa.Table(name, sa.MetaData(), *(
+            sa.Column(column["name"], adapt(column["type"]), nullable=column["nullable"])
+            for column in columns), schema=schema)
 
     def narrowed(self, bound: BoundStream, salt: str) -> BoundStream:
         """The stream read narrow where the server can digest rows (PostgreSQL), else as is."""

@@ -88,7 +88,8 @@ def test_an_unchanged_pass_reads_only_the_lookback_window(db: Database, api: San
                                                           write_config) -> None:
     db.execute(CUSTOMERS)
     add_customers(db, 1, 2_000, at="now() - interval '1 day' + i * interval '1 second'")
-    path = write_config(contacts={"customers": customers_stream(lookback="1m")})
+    path = write_config(contacts={"customers": customers_stream(lookback="1m")},
+                        wiraya={"bulk_size": 100})
     assert run_passes(path)["customers"].counts["sent"] == 2_000
     report = run_passes(path)["customers"]
     assert report.counts["read"] == 60 + 1  # the last minute of rows, both ends included
@@ -99,7 +100,8 @@ def test_rows_sharing_one_cursor_value_all_arrive(db: Database, api: Sandbox,
                                                   write_config) -> None:
     db.execute(CUSTOMERS)
     add_customers(db, 1, 1_234, at="'2026-11-01 12:00:00+00'")
-    path = write_config(contacts={"customers": customers_stream(page_size=100)})
+    path = write_config(contacts={"customers": customers_stream(page_size=100)},
+                        wiraya={"bulk_size": 100})
     report = run_passes(path)["customers"]
     assert report.counts["sent"] == 1_234
     assert len(api.contacts) == 1_234

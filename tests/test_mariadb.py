@@ -304,7 +304,8 @@ def test_rows_sharing_one_cursor_value_all_arrive(mdb: MariaDatabase, api: Sandb
                                                   maria_config) -> None:
     mdb.execute(CUSTOMERS)
     add_customers(mdb, 1, 1_234, at="'2026-11-01 12:00:00'")
-    path = maria_config(contacts={"customers": customers_stream(page_size=100)})
+    path = maria_config(contacts={"customers": customers_stream(page_size=100)},
+                        wiraya={"bulk_size": 100})
     report = run_passes(path)["customers"]
     assert report.counts["sent"] == 1_234
     assert len(api.contacts) == 1_234

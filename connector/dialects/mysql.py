@@ -117,22 +117,16 @@ class Date(mysql_types.DATE):
         return _no_zero_dates
 
 
-def metadata() -> sa.MetaData:
-    """A MetaData whose reflected TIMESTAMP columns read as aware UTC times, and whose
-    zero dates ('0000-00-00', allowed unless the sql_mode forbids them) read as None."""
-    meta = sa.MetaData()
-
-    def reflected(_inspector: Any, _table: sa.Table, column: dict[str, Any]) -> None:
-        kind = column["type"]
-        if isinstance(kind, mysql_types.TIMESTAMP):
-            column["type"] = UtcTimestamp(getattr(kind, "fsp", None))
-        elif isinstance(kind, mysql_types.DATETIME):
-            column["type"] = DateTime(fsp=getattr(kind, "fsp", None))
-        elif isinstance(kind, sa.Date):
-            column["type"] = Date()
-
-    event.listen(meta, "column_reflect", reflected)
-    return meta
+def reflected_type(kind: Any) -> Any:
+    """The type a reflected column is read with: TIMESTAMP columns as aware UTC times, and
+    zero dates ('0000-00-00', allowed unless the sql_mode forbids them) as None."""
+    if isinstance(kind, mysql_types.TIMESTAMP):
+        return UtcTimestamp(getattr(kind, "fsp", None))
+    if isinstance(kind, mysql_types.DATETIME):
+        return DateTime(fsp=getattr(kind, "fsp", None))
+    if isinstance(kind, sa.Date):
+        return Date()
+    return kind
 
 
 def real_time(cursor: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:
