@@ -19,7 +19,8 @@ drt set-up (its own venv, made once from PyPI under the system temp dir and reus
 Wiraya's bulk body keyed by contact id, `PUT /api/contact/_bulk`, 500 rows a request), a
 bearer token asked of the sandbox beforehand, `mode: incremental` on `updated_at`, no rate
 limit. drt does not check phone numbers; its query only drops the `+` so that the sandbox
-takes them. The connector: the tests' customers stream, `rate_limit: none`, bulk of 500.
+takes them. The connector: the tests' customers stream, `rate_limit: none`, bulk of 500,
+installed from this checkout into a venv of its own (see `connector_venv`).
 
 Run from the repo root (the machine is shared: nice it):
 
@@ -79,6 +80,23 @@ def drt_venv(folder: Path) -> Path:
     return drt
 
 
+def connector_venv(folder: Path) -> Path:
+    """The `connector` executable of a venv holding this checkout, installed as a user
+    installs it (a built wheel, byte-compiled), like drt in its own venv: neither tool pays
+    for this machine's extra packages or for compiling its sources at every start. The
+    dependencies are installed once; the checkout itself again at every run."""
+    python = folder / "bin" / "python"
+    if not python.exists():
+        common.log(f"making a venv for the connector in {folder}")
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(folder)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", str(common.ROOT)],
+                       check=True)
+    else:
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps",
+                        "--force-reinstall", str(common.ROOT)], check=True)
+    return folder / "bin" / "connector"
+
+
 def token(api: common.SandboxProcess) -> str:
     request = urllib.request.Request(  # noqa: S310 - our own http:// URL on loopback
         f"{api.url}/auth/token/apikey", data=json.dumps({"key": common.API_KEY}).encode(),
@@ -117,14 +135,14 @@ def drt_project(folder: Path, db: common.Database, api_url: str) -> Path:
 class Tools:
     """The two commands, each run as a whole process against the same sandbox."""
 
-    def __init__(self, api: common.SandboxProcess, connector_config: Path, drt: Path,
-                 project: Path) -> None:
+    def __init__(self, api: common.SandboxProcess, connector_config: Path, connector: Path,
+                 drt: Path, project: Path) -> None:
         self.api = api
         self.folder = connector_config.parent
         self.check_next = True  # keep what the first syncs left, to compare
         self.by_connector: dict[str, Any] | None = None
         self.by_drt: dict[str, Any] | None = None
-        self.connector = [sys.executable, "-m", "connector", "-c", str(connector_config),
+        self.connector = [str(connector), "-c", str(connector_config),
                           "sync"]
         self.drt = [str(drt), "run", "--quiet"]
         self.project = project
@@ -243,12 +261,17 @@ def main() -> int:
     parser.add_argument("--drt-venv", default=str(Path(tempfile.gettempdir())
                                                   / f"vs_drt-drt-core-{DRT_VERSION}"),
                         help="venv for drt-core (made if missing, reused if present)")
+    parser.add_argument("--connector-venv", default=str(Path(tempfile.gettempdir())
+                                                        / "vs_drt-connector"),
+                        help="venv for this checkout (made if missing, the checkout "
+                             "reinstalled every run)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="rounds of the three passes (medians are printed)")
     parser.add_argument("--keep", metavar="DIR", help="keep configs and state files here")
     args = parser.parse_args()
     started = common.header("vs_drt: connector sync against drt run, whole processes", args)
     drt = drt_venv(Path(args.drt_venv))
+    connector = connector_venv(Path(args.connector_venv))
 
     with common.temp_folder("bench-vs-drt-", args.keep) as folder, \
             common.Postgres() as pg, common.SandboxProcess(workdir=folder) as api:
@@ -259,8 +282,9 @@ def main() -> int:
                                      wiraya={"rate_limit": "none", "bulk_size": BULK})
         project = drt_project(folder / "drt", db, api.url)
         print(f"postgresql {pg.version}; sandbox in its own process at {api.url}; "
-              f"{DRT} in {args.drt_venv}; os nice {os.nice(0)}")
-        tools = Tools(api, config, drt, project)
+              f"{DRT} in {args.drt_venv}; the connector in {args.connector_venv}; "
+              f"os nice {os.nice(0)}")
+        tools = Tools(api, config, connector, drt, project)
         table: dict[str, Row] = {}
         for run in range(args.repeats):
             repeat(db, tools, args.rows, max(1, round(1 / args.change)), run, table)

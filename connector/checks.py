@@ -15,10 +15,9 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import httpx
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
@@ -26,6 +25,9 @@ from connector import config, logs
 from connector.cursor import default_lookback
 from connector.errors import SourceError
 from connector.source import APPLICATION_NAME, Source, describe
+
+if TYPE_CHECKING:
+    from httpx import AsyncClient
 
 Finding = tuple[str, str]
 
@@ -269,6 +271,8 @@ async def api_access(settings: config.Wiraya) -> list[Finding]:
     taken) means the key may call; 401 or 403 with a fresh token means it is refused; a 404
     or 405 means there is no bulk route to ask, so the probe cannot tell.
     """
+    import httpx  # only `check` asks the API this way; a pass need not load httpx
+
     route = f"PUT {PROBE_PATH}"
     headers = {"Content-Type": "application/json; charset=utf-8"}
     try:
@@ -294,7 +298,7 @@ async def api_access(settings: config.Wiraya) -> list[Finding]:
                      f"answered {status}")]
 
 
-async def _probe(client: httpx.AsyncClient, settings: config.Wiraya) -> int:
+async def _probe(client: AsyncClient, settings: config.Wiraya) -> int:
     """The probe's status; a 401 fetches a new token once and asks again."""
     status = 401
     for _ in range(2):
@@ -311,7 +315,7 @@ class _NoToken(Exception):
     """The token call did not give a token this time (the login check reports the key)."""
 
 
-async def _token(client: httpx.AsyncClient, settings: config.Wiraya) -> str:
+async def _token(client: AsyncClient, settings: config.Wiraya) -> str:
     body = {"key": settings.api_key.get_secret_value()}
     reply = await client.post(TOKEN_PATH, json=body)
     try:

@@ -28,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from connector import config, metrics, session
+from connector import config, metrics, recorder, session
 from connector.backfill import backfill
 from connector.errors import ConnectorError
 from connector.health import Endpoint, Health, PassOutcome
@@ -48,6 +48,7 @@ def run(settings: config.Settings) -> int:
         lock = DaemonLock(settings.state).acquire()
     except OSError as exc:  # a read-only or foreign folder: one line, not a traceback
         raise folder_error(settings.state, exc) from None
+    recorder.start()  # the passes and the client record metrics for the endpoint
     daemon = _Daemon(settings, lock)
     try:
         return asyncio.run(daemon.main())

@@ -21,9 +21,11 @@ from sqlalchemy.engine import Connection, Engine, Row
 
 from connector import config
 from connector.cursor import CursorKind, comparable
-from connector.dialects import mysql
 from connector.errors import SourceError
 from connector.values import Position
+
+# (`connector.dialects.mysql` is imported where a MySQL branch uses it: it loads SQLAlchemy's
+# MySQL dialect and drivers, which a PostgreSQL or SQLite connector need not pay for at start.)
 
 APPLICATION_NAME = "wiraya-connector"
 
@@ -120,6 +122,7 @@ class _Server:
         self.dialect = url.get_backend_name()
         connect_args: dict[str, Any] = {}
         if self.dialect == "mysql":
+            from connector.dialects import mysql
             connect_args = mysql.connect_args(settings.connect_timeout.total_seconds())
         if self.dialect == "postgresql":
             timeout_ms = int(settings.statement_timeout.total_seconds() * 1000)
@@ -138,6 +141,7 @@ class _Server:
         if self.dialect == "postgresql":
             event.listen(self.engine, "connect", _utc_session)
         if self.dialect == "mysql":
+            from connector.dialects import mysql
             mysql.prepare(self.engine, settings.statement_timeout.total_seconds())
         self._bound: dict[str, BoundStream] = {}
 
@@ -161,6 +165,7 @@ class _Server:
         become visible only when it commits: the read must start no later than that.
         """
         if self.dialect == "mysql":
+            from connector.dialects import mysql
             return self._ask(mysql.oldest_open_transaction, "reading innodb_trx failed")
         if self.dialect != "postgresql":
             return None
@@ -179,6 +184,7 @@ class _Server:
     def guard_visibility(self) -> str:
         """'all' when the role sees every session's transactions, 'own' when only its own."""
         if self.dialect == "mysql":
+            from connector.dialects import mysql
             return self._ask(mysql.guard_visibility, "checking the user's rights failed")
         if self.dialect != "postgresql":
             return "none"
@@ -194,6 +200,7 @@ class _Server:
     def now(self) -> datetime:
         """The database's clock (PostgreSQL, MySQL), else this machine's, as an aware time."""
         if self.dialect == "mysql":
+            from connector.dialects import mysql
             return self._ask(mysql.now, "the database did not answer")
         if self.dialect == "postgresql":
             try:
@@ -220,6 +227,7 @@ class _Server:
                 if self.dialect == "postgresql":
                     return str(conn.execute(sa.text("SHOW server_version")).scalar())
                 if self.dialect == "mysql":
+                    from connector.dialects import mysql
                     return mysql.version(conn)
                 return "SQLite " + str(conn.execute(sa.text("SELECT sqlite_version()")).scalar())
         except sa.exc.SQLAlchemyError as exc:
@@ -331,7 +339,7 @@ class Source(_WholeTable, _TextTimes):
         place = f"{section}.{name}"
         try:
             with self.engine.connect() as conn:
-                table = self._columns_of(conn, stream.table.name, stream.table.schema_)
+                table = _columns_of(conn, self.dialect, stream.table.name, stream.table.schema_)
                 is_view = stream.table.name in sa.inspect(conn).get_view_names(
                     schema=stream.table.schema_)
         except sa.exc.NoSuchTableError:
@@ -370,16 +378,6 @@ class Source(_WholeTable, _TextTimes):
             id_is_integer=isinstance(id_column.type, sa.Integer), is_view=is_view)
         self._bound[name] = bound
         return bound
-
-    def _columns_of(self, conn: sa.Connection, name: str, schema: str | None) -> sa.Table:
-        """The table with its columns only (name, type, nullable): a pass needs no more,
-        and reflecting the whole table (keys, indexes, constraints, comments) costs twice
-        the catalog queries. Raises NoSuchTableError."""
-        adapt = mysql.reflected_type if self.dialect == "mysql" else (lambda kind: kind)
-        columns = sa.inspect(conn).get_columns(name, schema=schema)
-        return sa.Table(name, sa.MetaData(), *(
-            sa.Column(column["name"], adapt(column["type"]), nullable=column["nullable"])
-            for column in columns), schema=schema)
 
     def narrowed(self, bound: BoundStream, salt: str) -> BoundStream:
         """The stream read narrow where the server can digest rows (PostgreSQL), else as is."""
@@ -447,6 +445,7 @@ class Source(_WholeTable, _TextTimes):
         cursor, id_ = bound.cursor, bound.id
         query = query.where(cursor.is_not(None), id_.is_not(None))
         if self.dialect == "mysql" and bound.cursor_kind in TIME_KINDS:
+            from connector.dialects import mysql
             query = query.where(mysql.real_time(cursor))
         if floor is not None:
             query = query.where(cursor >= self.coerce(bound, floor))
@@ -482,6 +481,7 @@ class Source(_WholeTable, _TextTimes):
         if bound.cursor_nullable:
             conditions.append(bound.cursor.is_(None))
         if self.dialect == "mysql" and bound.cursor_kind in TIME_KINDS:
+            from connector.dialects import mysql
             conditions.append(mysql.zero_time(bound.cursor))
         if not conditions:
             return self._rows(bound, [])
@@ -544,6 +544,7 @@ class Source(_WholeTable, _TextTimes):
         """
         assert bound.digest_salt is not None
         if self.dialect == "mysql":
+            from connector.dialects import mysql
             return mysql.digest(bound.columns, bound.digest_salt)
         seed = int.from_bytes(hashlib.blake2b(bound.digest_salt.encode(), digest_size=8)
                               .digest(), "big", signed=True)
@@ -582,6 +583,21 @@ def _utc_session(dbapi_connection: Any, _record: Any) -> None:
     with dbapi_connection.cursor() as cursor:
         cursor.execute("SET TimeZone TO 'UTC'")
     dbapi_connection.commit()
+
+
+def _columns_of(conn: sa.Connection, dialect: str, name: str, schema: str | None) -> sa.Table:
+    """The table with its columns only (name, type, nullable): a pass needs no more,
+    and reflecting the whole table (keys, indexes, constraints, comments) costs twice
+    the catalog queries. Raises NoSuchTableError."""
+    adapt: Callable[[Any], Any] = lambda kind: kind  # noqa: E731
+    if dialect == "mysql":
+        from connector.dialects import mysql
+
+        adapt = mysql.reflected_type
+    columns = sa.inspect(conn).get_columns(name, schema=schema)
+    return sa.Table(name, sa.MetaData(), *(
+        sa.Column(column["name"], adapt(column["type"]), nullable=column["nullable"])
+        for column in columns), schema=schema)
 
 
 def _cursor_of(table: sa.Table, stream: config.ContactStream | config.EventStream

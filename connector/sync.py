@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
 
-from connector import checks, compare, held, metrics, restart
+from connector import checks, compare, held, recorder, restart
 from connector.context import Context, StopFlag
 from connector.cursor import Lookback, after, range_key, resolve_lookback
 from connector.errors import ConnectorError
@@ -139,6 +139,11 @@ def _section(ctx: Context, name: str) -> str:
 def _record(ctx: Context, report: Report, run_id: int | None) -> None:
     """The pass in the metrics and, unless a dry run, in the state file's run history."""
     name = report.stream
+    if run_id is not None:
+        ctx.state.finish_run(run_id, report.outcome, report.counts, report.error)
+    metrics = recorder.live()
+    if metrics is None:
+        return
     metrics.PASSES.labels(name, report.outcome).inc()
     for outcome in ("read", "sent", "skipped", "dead", "waiting", "deleted"):
         metrics.ROWS.labels(name, outcome).inc(report.counts[outcome])
@@ -148,7 +153,6 @@ def _record(ctx: Context, report: Report, run_id: int | None) -> None:
     if report.outcome == "ok":
         metrics.LAST_SUCCESS.labels(name).set(time.time())
     if run_id is not None:
-        ctx.state.finish_run(run_id, report.outcome, report.counts, report.error)
         counts = ctx.state.held_counts()
         metrics.DEAD_LETTERS.labels(name).set(counts.get((name, "dead"), 0))
         metrics.WAITING.labels(name).set(counts.get((name, "waiting"), 0))

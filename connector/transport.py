@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import httpcore
-import httpx
 
 from connector.proxies import Proxy
 
@@ -92,9 +91,11 @@ class Lanes:
     more than half of the client's time at concurrency 16 (bench/delivery.py).
     """
 
-    def __init__(self, count: int, timeout: float, proxy: Proxy | None = None) -> None:
-        context = httpx.create_ssl_context()
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
+    def __init__(self, count: int, timeout: float, proxy: Proxy | None = None,
+                 tls: bool = True) -> None:
+        # Loading the trusted certificates costs tens of milliseconds: only when some hop
+        # speaks TLS (never for a plain-http sandbox on 127.0.0.1).
+        context = _tls_context() if tls else None
         self._timeouts = {"timeout": {"connect": timeout, "read": timeout, "write": timeout,
                                       "pool": timeout}}
         self._all = [_lane(context, proxy) for _ in range(count)]
@@ -130,10 +131,22 @@ class Lanes:
 
     async def aclose(self) -> None:
         for lane in self._all:
-            await lane.aclose()
+            # A lane that never connected has nothing to close; closing it would load
+            # anyio's backend, a cost a pass that sent nothing should not pay.
+            if lane.connections:
+                await lane.aclose()
 
 
-def _lane(context: ssl.SSLContext, proxy: Proxy | None) -> httpcore.AsyncConnectionPool:
+def _tls_context() -> ssl.SSLContext:
+    import httpx  # its context honours SSL_CERT_FILE / SSL_CERT_DIR, as operators expect
+
+    context = httpx.create_ssl_context()
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def _lane(context: ssl.SSLContext | None, proxy: Proxy | None
+          ) -> httpcore.AsyncConnectionPool:
     if proxy is None:
         return httpcore.AsyncConnectionPool(ssl_context=context, max_connections=1,
                                             max_keepalive_connections=1, keepalive_expiry=60.0)

@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
-from connector import config, logs, metrics
+from connector import config, logs, recorder
 from connector.bulk import Bulk
 from connector.errors import ApiUnavailable, AuthError, WirayaError
 from connector.proxies import proxy_for
@@ -171,8 +171,10 @@ class Wiraya:
             reply = judge(route, await self.transport.exchange(request, ready))
         except TransportError as exc:
             reply = Reply(0, None, str(exc), ambiguous=exc.ambiguous)
-        metrics.API_LATENCY.labels(route).observe(self.clock.monotonic() - started[0])
-        metrics.API_REQUESTS.labels(route, str(reply.status)).inc()
+        metrics = recorder.live()
+        if metrics is not None:
+            metrics.API_LATENCY.labels(route).observe(self.clock.monotonic() - started[0])
+            metrics.API_REQUESTS.labels(route, str(reply.status)).inc()
         return reply
 
     async def _call(self, method: str, path: str, body: Any, route: Route, *, auth: bool,
@@ -192,7 +194,9 @@ class Wiraya:
                 continue
             if reply.status == 429 and holds < MAX_HOLDS:
                 holds += 1
-                metrics.API_RATE_LIMITED.inc()
+                metrics = recorder.live()
+                if metrics is not None:
+                    metrics.API_RATE_LIMITED.inc()
                 wait = reply.retry_after if reply.retry_after is not None else 1.0
                 self.pacer.hold(wait, ROUTE_PATHS[route])
                 if wait <= self.policy.max_hold:
@@ -325,7 +329,9 @@ def _default_transport(settings: config.Wiraya) -> Lanes:
     if proxy is not None:
         log.info("calls to %s go through the proxy %s (%s)",
                  urlsplit(settings.base_url).hostname, proxy.url, proxy.source)
-    return Lanes(settings.concurrency, settings.timeout.total_seconds(), proxy)
+    tls = settings.base_url.startswith("https:") or (
+        proxy is not None and proxy.url.startswith("https:"))
+    return Lanes(settings.concurrency, settings.timeout.total_seconds(), proxy, tls=tls)
 
 
 _HEADERS = (("Content-Type", "application/json; charset=utf-8"),
