@@ -18,15 +18,25 @@ from typing import Any
 import psycopg
 import pytest
 import yaml
+from hypothesis import settings
 
 from connector import config, session
 from connector.sandbox import Sandbox
 from connector.sync import How, Report
+from tests import tiers
 from tests.pgserver import PgServer
 
 API_KEY = "test-api-key-7f3a9c"
 DB_USER = "connector"
 DB_PASSWORD = "db-pass-5e1b77"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The quick loop (`-m "not slow"`) runs the property tests with fewer examples."""
+    if "not slow" in (config.getoption("markexpr") or ""):
+        tiers.quick = True
+        settings.register_profile("quick", max_examples=tiers.examples(100))
+        settings.load_profile("quick")
 
 
 @pytest.fixture(autouse=True)

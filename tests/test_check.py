@@ -301,6 +301,7 @@ def wiraya_findings(findings: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(level, message) for level, message in findings if message.startswith("Wiraya")]
 
 
+@pytest.mark.slow
 def test_a_key_refused_on_calls_fails_the_check_naming_the_key_and_route(
         db: Database, write_config: Any) -> None:
     db.execute(CUSTOMERS)

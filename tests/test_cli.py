@@ -28,6 +28,7 @@ def assert_no_secret(*texts: str) -> None:
         assert DB_PASSWORD not in text
 
 
+@pytest.mark.slow
 def test_a_bad_config_lists_every_problem_and_exits_2(tmp_path: Path) -> None:
     path = tmp_path / "connector.yaml"
     path.write_text(dedent("""
@@ -57,6 +58,7 @@ def test_a_bad_config_lists_every_problem_and_exits_2(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.slow
 def test_no_config_file_says_where_it_looked(tmp_path: Path) -> None:
     result = cli("status", cwd=tmp_path, env={"CONNECTOR_CONFIG": ""})
     assert result.returncode == 2

@@ -110,6 +110,7 @@ def test_a_command_without_its_action_shows_its_help_and_exits_2(
     assert "    retry " in err
 
 
+@pytest.mark.slow
 def test_help_and_status_import_only_what_they_need(tmp_path: Path) -> None:
     """--help loads no dependency at all; status reads the state file without rich, the
     metrics, the scheduler, the HTTP client or the sandbox."""
@@ -496,6 +497,7 @@ def test_reset_of_an_unknown_stream_is_a_usage_error(shop: Path, api: Sandbox,
                "file (known: customers, conversions)\n")
 
 
+@pytest.mark.slow
 def test_shell_completion_when_argcomplete_is_installed(tmp_path: Path) -> None:
     """`eval "$(register-python-argcomplete connector)"` completes commands and options."""
     pytest.importorskip("argcomplete", reason="shell completion needs the optional "

@@ -287,6 +287,7 @@ def test_a_dry_run_compares_and_changes_nothing(people: Table, api: Sandbox,
     assert (real.counts.sent, real.counts.deleted) == (1, 1)
 
 
+@pytest.mark.slow
 def test_sync_reconcile_on_the_command_line(db: Database, api: Sandbox, write_config) -> None:
     from tests.conftest import cli
 

@@ -84,6 +84,7 @@ def test_everything_arrives_through_faults_and_rate_limits(db: Database, api: Sa
     assert statuses[401] == 0  # every token was renewed before it expired
 
 
+@pytest.mark.slow
 def test_exhausted_retries_become_dead_letters_then_flow(db: Database, api: Sandbox,
                                                          write_config) -> None:
     db.execute(CUSTOMERS)
@@ -109,6 +110,7 @@ def test_exhausted_retries_become_dead_letters_then_flow(db: Database, api: Sand
     assert held_rows(path) == []
 
 
+@pytest.mark.slow
 def test_dead_letter_retry_reads_the_freshest_row(db: Database, api: Sandbox,
                                                   write_config) -> None:
     db.execute(CUSTOMERS)
@@ -200,6 +202,7 @@ def test_killed_at_any_moment_nothing_is_lost(db: Database, api: Sandbox,
     assert sum(count - 1 for count in seen.values()) <= kills * concurrency
 
 
+@pytest.mark.slow
 def test_a_retry_after_longer_than_max_hold_ends_sync_with_exit_1(db: Database, api: Sandbox,
                                                                   write_config) -> None:
     db.execute(CUSTOMERS)

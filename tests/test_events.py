@@ -83,6 +83,7 @@ def test_five_thousand_orders_make_five_thousand_events_once(db: Database, api: 
     assert max(event_ids(api).values()) == 1  # no event twice
 
 
+@pytest.mark.slow
 def test_an_event_waits_for_its_contact(db: Database, api: Sandbox, write_config) -> None:
     db.execute(CUSTOMERS + ORDERS)
     add_customers(db, 1, 3)
@@ -115,6 +116,7 @@ def test_an_event_waits_for_its_contact(db: Database, api: Sandbox, write_config
     assert [(item["id"], item["state"]) for item in held] == [("3", "waiting")]
 
 
+@pytest.mark.slow
 def test_an_event_of_a_dead_lettered_contact_says_why_it_waits(db: Database, api: Sandbox,
                                                               write_config) -> None:
     db.execute(CUSTOMERS + ORDERS)
@@ -129,6 +131,7 @@ def test_an_event_of_a_dead_lettered_contact_says_why_it_waits(db: Database, api
                                         "personal.phoneNumber")
 
 
+@pytest.mark.slow
 def test_a_refused_event_is_dead_lettered_with_the_reply(db: Database, api: Sandbox,
                                                         write_config) -> None:
     db.execute(ORDERS)

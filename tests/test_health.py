@@ -124,6 +124,7 @@ def test_a_long_retry_after_hold_makes_the_daemon_unready(
     assert "Traceback" not in log
 
 
+@pytest.mark.slow
 def test_a_stop_during_a_hold_is_bounded(
         db: Database, api: Sandbox, write_config, daemons: list[Daemon]) -> None:
     db.execute(CUSTOMERS)

@@ -72,6 +72,7 @@ def test_a_misbehaving_api_loses_nothing(db: Database, api: Sandbox, write_confi
 # -- a broken state file ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_corrupt_state_file_is_a_clear_error(db: Database, api: Sandbox,
                                                write_config) -> None:
     db.execute(CUSTOMERS)
@@ -85,6 +86,7 @@ def test_a_corrupt_state_file_is_a_clear_error(db: Database, api: Sandbox,
     assert "move it aside to start afresh" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_state_file_from_a_newer_connector_is_refused(db: Database, api: Sandbox,
                                                         write_config) -> None:
     db.execute(CUSTOMERS)

@@ -10,6 +10,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from connector import config
@@ -98,6 +99,7 @@ CRM_PROPOSAL = {
 }
 
 
+@pytest.mark.slow
 def test_a_postgresql_crm_gets_a_config_that_check_accepts(db: Database, api: Sandbox,
                                                            tmp_path: Path) -> None:
     db.execute(CRM)
@@ -329,6 +331,7 @@ INSERT INTO "Kund: Register" VALUES (1, '+46701234567', 'Eva', '2026-01-01 10:00
 """
 
 
+@pytest.mark.slow
 def test_odd_names_are_written_so_that_they_read_back_the_same(tmp_path: Path,
                                                                 api: Sandbox) -> None:
     url = sqlite_file(tmp_path / "odd.db", ODD)
@@ -379,6 +382,7 @@ def test_a_database_it_cannot_reach_is_one_line_and_exit_1(tmp_path: Path) -> No
     assert not (tmp_path / "c.yaml").exists()
 
 
+@pytest.mark.slow
 def test_no_url_says_where_to_give_one(tmp_path: Path) -> None:
     done = cli("init", env={"DATABASE_URL": ""}, cwd=tmp_path)
 
@@ -387,6 +391,7 @@ def test_no_url_says_where_to_give_one(tmp_path: Path) -> None:
         "  --url: no database URL: pass --url URL or set $DATABASE_URL")
 
 
+@pytest.mark.slow
 def test_example_prints_the_example_config_shipped_in_the_package() -> None:
     done = cli("init", "--example")
 

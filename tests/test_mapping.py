@@ -43,6 +43,7 @@ from connector.mapping import (
     holds,
     phone_digits,
 )
+from tests import tiers
 
 STOCKHOLM = ZoneInfo("Europe/Stockholm")
 NEW_YORK = ZoneInfo("America/New_York")
@@ -1290,7 +1291,7 @@ def _scalar(value: Any) -> bool:
     return isinstance(value, str | int | bool)
 
 
-PROPERTY_SETTINGS = settings(max_examples=400, deadline=None,
+PROPERTY_SETTINGS = settings(max_examples=tiers.examples(400), deadline=None,
                              suppress_health_check=[HealthCheck.too_slow,
                                                     HealthCheck.filter_too_much])
 
@@ -1451,7 +1452,7 @@ def test_property_event_maps_cleanly_or_is_rejected(
     assert mapped.contact_id
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=tiers.examples(300), deadline=None)
 @given(st.one_of(st.text(max_size=40), _surrogate_text(), st.integers()),
        st.sampled_from(["SE", "GB", "US", "DE", None]))
 def test_property_phone_digits_is_e164_or_rejected(value: Any, region: str | None) -> None:

@@ -107,6 +107,7 @@ def test_an_unknown_scheme_names_the_ones_that_work(url: str, words: str) -> Non
     assert "u:Secret-77" not in str(info.value)
 
 
+@pytest.mark.slow
 def test_the_driver_is_said_once_at_debug_level(mdb: MariaDatabase, api: Sandbox,
                                                 maria_config) -> None:
     mdb.execute(CUSTOMERS)
@@ -121,6 +122,7 @@ def test_the_driver_is_said_once_at_debug_level(mdb: MariaDatabase, api: Sandbox
     assert "mysql+pymysql" not in quiet.stderr + quiet.stdout
 
 
+@pytest.mark.slow
 def test_a_postgres_url_as_platforms_give_it_checks_and_syncs(db: Database, api: Sandbox,
                                                               write_config) -> None:
     """`DATABASE_URL=postgres://...` as Heroku-like platforms set it, on a real server."""
@@ -177,6 +179,7 @@ def test_a_statement_past_the_time_limit_is_stopped_by_the_server(mdb: MariaData
         source.close()
 
 
+@pytest.mark.slow
 def test_a_wrong_password_is_a_clear_line_without_it(mdb: MariaDatabase, api: Sandbox,
                                                       maria_config) -> None:
     mdb.execute(CUSTOMERS)
@@ -559,6 +562,7 @@ def test_every_hostile_row_is_delivered_or_held_with_a_reason(mdb: MariaDatabase
 # -- events ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_conversions_are_sent_once_and_wait_for_their_contact(
         mdb: MariaDatabase, api: Sandbox, maria_config) -> None:
     mdb.execute(CUSTOMERS)

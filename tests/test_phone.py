@@ -19,6 +19,7 @@ from phonenumbers import PhoneNumberType
 
 from connector.mapping import Rejected, phone_digits
 from connector.phone import canonical_digits
+from tests import tiers
 
 REGIONS = ["SE", "GB", "US", "DE", "NO", "FI", "DK", "FR", "IT", "ES", "NL", "PL", "CA", "RU",
            "KZ", "AU", "IM", "JE", "GG", "AR", "MX", "BR", "IN", "CN", "JP", "SM", "VA", "BE"]
@@ -157,7 +158,8 @@ def written(draw: Any) -> tuple[str, str | None]:
 
 
 @given(written())
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=tiers.examples(1500), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @example(("+44 07911 123456", "GB")).via("a trunk 0 after +CC")
 @example(("(0)70-100 00 01", "SE")).via("parentheses around the trunk 0")
 def test_real_world_shapes_match_phonenumbers(case: tuple[str, str | None]) -> None:
@@ -166,7 +168,7 @@ def test_real_world_shapes_match_phonenumbers(case: tuple[str, str | None]) -> N
 
 @given(st.text("0123456789", min_size=1, max_size=20),
        st.sampled_from(["+", "00", ""]), st.sampled_from(["SE", "GB", "US", "DE", None]))
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=tiers.examples(1500), deadline=None)
 def test_random_digit_strings_match_phonenumbers(digits: str, head: str, region: str | None
                                                  ) -> None:
     check(head + digits, region)

@@ -56,6 +56,7 @@ def passes_logged(daemon: Daemon) -> int:
     return daemon.log().count("live pass ok")
 
 
+@pytest.mark.slow
 def test_a_state_file_deleted_under_the_daemon_is_put_back_and_nothing_is_resent(
         db: Database, api: Sandbox, write_config, daemons: list[Daemon]) -> None:
     """Before the fix the daemon wrote on into the deleted file and the restart resent every
@@ -150,6 +151,7 @@ def test_a_full_disk_skips_passes_with_one_line_each_and_loses_nothing(
     assert max(per_order(api).values()) == 1  # nothing sent twice
 
 
+@pytest.mark.slow
 def test_a_read_only_state_folder_is_one_line_naming_the_file(
         db: Database, api: Sandbox, write_config, tmp_path: Path) -> None:
     with tmpfs(tmp_path / "readonly", "1m", read_only=True) as folder:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+import pytest
+
 from connector.sandbox import Next, Sandbox
 from tests.conftest import Database, cli, run_passes
 
@@ -53,6 +55,7 @@ def test_a_proxy_page_is_not_an_answer(db: Database, api: Sandbox, write_config)
     assert sorted(_per_order(api).values()) == [1] * 20
 
 
+@pytest.mark.slow
 def test_events_without_a_reply_have_a_budget_over_all_passes(db: Database, api: Sandbox,
                                                               write_config) -> None:
     """Every call takes effect and its connection is dropped before the reply: each try
