@@ -39,6 +39,14 @@ def pytest_configure(config: pytest.Config) -> None:
         settings.load_profile("quick")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The Docker tests share one engine (started if none runs, stopped by the worker that
+    started it): under pytest-xdist they all run in one worker."""
+    for item in items:
+        if item.get_closest_marker("docker") is not None:
+            item.add_marker(pytest.mark.xdist_group("docker"))
+
+
 @pytest.fixture(autouse=True)
 def _connector_logging() -> Iterator[None]:
     """Commands run in-process set up the connector's logging (its own handler, no
