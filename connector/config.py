@@ -247,7 +247,9 @@ class StreamBase(_Model):
     @model_validator(mode="after")
     def _reread_within_lookback(self) -> StreamBase:
         # A change only a full read sees must still be inside the window when it comes.
-        if isinstance(self.lookback, timedelta) and self.reread > self.lookback:
+        # (Left at its default, reread shrinks to a shorter lookback: probe.reread_seconds.)
+        if "reread" in self.model_fields_set and isinstance(self.lookback, timedelta) \
+                and self.reread > self.lookback:
             raise ValueError(f"reread ({self.reread}) is longer than lookback "
                              f"({self.lookback}): a change only a full read of the window "
                              "sees could leave the window first; make reread shorter")

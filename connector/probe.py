@@ -31,8 +31,10 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
+from connector import config
 from connector.context import Context
 from connector.page import StreamPages
 from connector.values import Position
@@ -55,6 +57,14 @@ class Seen:
     read_at: float  # time.monotonic() of that read
 
 
+def reread_seconds(stream: config.ContactStream | config.EventStream) -> float:
+    """The stream's `reread`, no longer than a lookback given as a duration (`lookback: 0s`
+    turns the probe off)."""
+    if isinstance(stream.lookback, timedelta):
+        return min(stream.reread, stream.lookback).total_seconds()
+    return stream.reread.total_seconds()
+
+
 def unchanged(seen: Seen | None, look: Look, now: float, reread: float) -> bool:
     """Whether a pass may skip its read: the window is as the last full read found it,
     and that read is less than `reread` seconds old. Pure."""
@@ -65,7 +75,7 @@ async def look(ctx: Context, pages: StreamPages, watermark: Position | None,
                floor: Any) -> Look | None:
     """The window as the database has it now; None when a pass must read whatever the
     probe says (the first pass, a window from the start, `reread: 0s`)."""
-    if floor is None or pages.stream.reread.total_seconds() <= 0:
+    if floor is None or reread_seconds(pages.stream) <= 0:
         return None
     rows, highest, total = await asyncio.to_thread(ctx.source.probe, pages.bound, floor)
     return Look(watermark, floor, rows, highest, total)
@@ -77,7 +87,7 @@ def may_skip(ctx: Context, pages: StreamPages, seen_now: Look | None) -> bool:
         return False
     seen = ctx.probes.get(pages.name)
     return unchanged(seen if isinstance(seen, Seen) else None, seen_now, time.monotonic(),
-                     pages.stream.reread.total_seconds())
+                     reread_seconds(pages.stream))
 
 
 def remember(ctx: Context, pages: StreamPages, seen_now: Look | None, started: float) -> None:

@@ -5,8 +5,10 @@ nothing never hides a change it must see, a stream never runs two passes at once
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,15 @@ from connector.statefile import StateWatch
 from connector.sync import Context, Report, run_pass
 from tests.conftest import CUSTOMERS, Database, add_customers, customers_stream
 from tests.daemons import Daemon, daemons_fixture, wait_for  # noqa: F401 - a fixture
+from tests.mariadb_fixtures import CUSTOMERS as MARIA_CUSTOMERS
+from tests.mariadb_fixtures import (  # noqa: F401 - fixtures
+    MariaDatabase,
+    maria_config,
+    maria_server,
+    mdb,
+)
+from tests.mariadb_fixtures import add_customers as maria_add_customers
+from tests.mariadb_fixtures import customers_stream as maria_customers_stream
 from tests.ports import free_port
 
 
@@ -207,3 +218,55 @@ def test_every_250ms_polls_four_times_a_second(db: Database, api: Sandbox, write
     add_customers(db, 11, 1)
     wait_for(lambda: "11" in api.contacts, 5, "a new row")
     assert daemon.stop() == 0
+
+
+def _a_moved_row_is_seen(session: Passes, api: Sandbox, move: Any) -> None:
+    """Row 5 moved to a cursor value still below the newest (count and highest stay)."""
+    assert session.run().counts.sent == 10
+    session.until_idle()
+    move()
+    assert session.run().counts.sent == 1
+    assert api.contacts["5"]["general"]["city"] == "Moved"
+    session.until_idle()
+
+
+@pytest.mark.slow
+def test_the_probe_on_mariadb(mdb: MariaDatabase, maria_config: Any, api: Sandbox) -> None:
+    mdb.execute(MARIA_CUSTOMERS)
+    maria_add_customers(mdb, 1, 10, at="CURRENT_TIMESTAMP(6) - INTERVAL 60 + i SECOND")
+    session = Passes(maria_config(contacts={"customers": maria_customers_stream()}))
+    try:
+        _a_moved_row_is_seen(session, api, lambda: mdb.execute(
+            "UPDATE customers SET city = 'Moved', updated_at = updated_at + INTERVAL 1 SECOND "
+            "WHERE customer_id = 5"))
+    finally:
+        session.close()
+
+
+def test_the_probe_on_sqlite_text_times(tmp_path: Path, api: Sandbox, write_config: Any
+                                        ) -> None:
+    path = tmp_path / "app.db"
+    start = datetime.now(UTC) - timedelta(minutes=1)
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE users (id integer PRIMARY KEY, mobile text, city text, "
+                     "updated_at DATETIME)")
+        for i in range(1, 11):  # ISO text with Z, a second apart
+            at = (start - timedelta(seconds=i)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            conn.execute("INSERT INTO users VALUES (?, ?, 'City', ?)",
+                         (i, f"+4670100{i:04d}", at))
+    stream = {"table": "users", "id": "id", "cursor": "updated_at",
+              "personal": {"phoneNumber": {"column": "mobile", "region": "SE"}},
+              "general": {"city": "city"}}
+    session = Passes(write_config(contacts={"customers": stream},
+                                  source={"url": f"sqlite:///{path}"}))
+
+    def move() -> None:  # a millisecond later: still below the newest row
+        with sqlite3.connect(path) as conn:
+            at = (start - timedelta(seconds=5) + timedelta(milliseconds=1))
+            conn.execute("UPDATE users SET city = 'Moved', updated_at = ? WHERE id = 5",
+                         (at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),))
+
+    try:
+        _a_moved_row_is_seen(session, api, move)
+    finally:
+        session.close()
