@@ -129,7 +129,7 @@ async def run_pass(ctx: Context, name: str, how: How | None = None) -> Report:
     _record(ctx, report, run_id)
     if report.outcome != "failed":  # a failure was logged above, with its cause
         # A pass that found nothing to do says so at debug: at `every: 250ms` they are many.
-        slog.log(logging.INFO if any(report.counts.as_dict().values()) else logging.DEBUG,
+        slog.log(logging.INFO if report.counts != Counts() else logging.DEBUG,
                  "%s pass %s: %s", how.kind, report.outcome, report.line().split(": ", 1)[1])
     return report
 
