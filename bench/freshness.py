@@ -20,8 +20,12 @@ contact with the city written, one contact write per commit, one event per order
 Then, once everything arrived and after 2 s of settling, an idle period (`--idle`, 20 s)
 with no writes: the CPU time (user + system, from /proc/PID/stat) of the daemon process
 and of every PostgreSQL process (postmaster and its children), as % of one core, and the
-passes the daemon ran in that period (its metrics endpoint). The same PostgreSQL figure is
-measured once with no daemon running, as the server's own floor.
+passes the daemon ran in that period (its metrics endpoint). Then the baseline, in the same
+run: the same idle daemon with the probe off (`reread: 0s`, every pass reads its window;
+`--no-baseline` skips it). Before anything starts, `--backlog` customers (default 1,000)
+were changed in the last 5 minutes, so that each pass's window holds rows, as on a table
+written all day. The same PostgreSQL figure is measured once with no daemon running, as the
+server's own floor.
 
 Targets (issue 14): at `every: 1s` p99 <= 1.2 s for contacts and events; at `every: 250ms`
 p99 <= 0.5 s and the daemon's idle CPU under 5% of one core.
@@ -85,8 +89,16 @@ class Result:
     problems: list[str] = field(default_factory=list)
     busy_cpu: dict[str, float] = field(default_factory=dict)  # % of one core while writing
     idle_cpu: dict[str, float] = field(default_factory=dict)  # % of one core, idle
-    idle_passes: float = 0.0  # passes per second per stream while idle
+    idle_passes: float = 0.0  # passes per stream per second while idle
     idle_rows_read: float = 0.0  # rows read per idle pass
+    baseline: Idle | None = None  # the same idle daemon with the probe off (`reread: 0s`)
+
+
+@dataclass
+class Idle:
+    cpu: dict[str, float]  # % of one core: connector, postgresql
+    passes: float  # per stream per second
+    rows_read: float  # per pass
 
 
 # ---------------------------------------------------------------------------
@@ -152,22 +164,22 @@ class CpuMeter:
 
 
 def write_config(folder: Path, db: common.Database, api: common.SandboxProcess, every: str,
-                 metrics_port: int) -> Path:
+                 metrics_port: int, reread: str = "1m") -> Path:
     """The tests' customers stream and an orders event stream, both at `every`."""
     folder.mkdir(parents=True, exist_ok=True)
     document: dict[str, Any] = {
         "source": {"url": db.url, "timezone": "UTC"},
         "wiraya": {"base_url": api.url, "api_key": common.API_KEY},
         "state": "state/connector.db",
-        "contacts": {"customers": common.customers_stream(every=every)},
+        "contacts": {"customers": common.customers_stream(every=every, reread=reread)},
         "events": {"conversions": {
             "table": "public.orders", "id": "order_id", "contact": "customer_id",
             "cursor": "created_at", "at": "created_at", "name": "Conversion",
-            "every": every}},
+            "every": every, "reread": reread}},
         "logging": {"level": "warning"},
         "metrics": {"listen": f"127.0.0.1:{metrics_port}"},
     }
-    path = folder / "connector.yaml"
+    path = folder / f"connector-reread-{reread}.yaml"
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     config.load(path)  # refuse a bad config here, with the connector's own message
     return path
@@ -178,7 +190,7 @@ class Daemon:
 
     def __init__(self, path: Path, metrics_port: int) -> None:
         self.port = metrics_port
-        self.out_path = path.parent / "daemon.out"
+        self.out_path = path.with_suffix(".out")
         self._out = open(self.out_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "connector", "--config", str(path), "run"],
@@ -221,13 +233,20 @@ class Daemon:
 
 def wait_until(check: Any, timeout: float, what: str, daemon: Daemon) -> None:
     deadline = time.monotonic() + timeout
-    while not check():
+    while not _holds(check):
         if daemon.proc.poll() is not None:
             raise RuntimeError(f"the daemon exited while waiting for {what}: {daemon.tail()}")
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}; the "
                                f"daemon's output ends: {daemon.tail()}")
         time.sleep(0.1)
+
+
+def _holds(check: Any) -> bool:
+    try:
+        return bool(check())
+    except OSError:  # the daemon's metrics endpoint is not listening yet
+        return False
 
 
 # ---------------------------------------------------------------------------
@@ -257,7 +276,8 @@ def write(db: common.Database, customers: int, seconds: float, seed: int) -> lis
 
 def arrived(api: common.SandboxProcess, commits: list[Commit], base: int) -> bool:
     summary = api.summary()
-    return summary["contact_writes"] - base >= len(commits) and summary["events"] >= len(commits)
+    return bool(summary["contact_writes"] - base >= len(commits)
+                and summary["events"] >= len(commits))
 
 
 def collect(api: common.SandboxProcess, result: Result) -> None:
@@ -297,10 +317,14 @@ def measure(pg: common.Postgres, api: common.SandboxProcess, interval: str, args
             folder: Path) -> Result:
     db = pg.database(f"fresh_{interval}")
     common.build_customers(db, args.customers)
+    if args.backlog:  # rows changed in the last 5 minutes: inside every pass's window
+        db.execute("UPDATE customers SET updated_at = now() - interval '300 seconds' * "
+                   "customer_id / %s WHERE customer_id <= %s", (args.backlog, args.backlog))
     db.execute(ORDERS)
     port = common.free_port()
     path = write_config(folder / interval, db, api, interval, port)
     api.reset()
+    result = Result(interval, [], 0)
     daemon = Daemon(path, port)
     try:
         wait_until(lambda: api.summary()["contacts"] == args.customers, 300,
@@ -308,32 +332,54 @@ def measure(pg: common.Postgres, api: common.SandboxProcess, interval: str, args
         common.log(f"every {interval}: first sync done; {args.seconds:g} s of writes")
         time.sleep(2)
         # No reset here: the sandbox refuses an event whose contact it does not have.
-        base = api.summary()["contact_writes"]
+        result.base = base = api.summary()["contact_writes"]
         meter = CpuMeter(pg.server, daemon.proc.pid)
         meter.start()
-        commits = write(db, args.customers, args.seconds, args.seed)
-        result = Result(interval, commits, base, busy_cpu=meter.stop())
+        result.commits = commits = write(db, args.customers, args.seconds, args.seed)
+        result.busy_cpu = meter.stop()
         wait_until(lambda: arrived(api, commits, base), 60, "every change to arrive", daemon)
         time.sleep(2)  # the passes that saw the last change finish
         collect(api, result)
         common.log(f"every {interval}: {len(commits)} commits arrived; idle {args.idle:g} s")
-        passes = {name: daemon.passes(name) for name in ("customers", "conversions")}
-        read = {name: daemon.rows_read(name) for name in ("customers", "conversions")}
-        requests = api.summary()["requests"]
-        meter.start()
-        time.sleep(args.idle)
-        result.idle_cpu = meter.stop()
-        done = sum(daemon.passes(name) - passes[name] for name in passes)
-        result.idle_passes = done / 2 / args.idle
-        rows = sum(daemon.rows_read(name) - read[name] for name in read)
-        result.idle_rows_read = rows / done if done else 0.0
-        if api.summary()["requests"] != requests:
-            result.problems.append("the daemon called the API while nothing changed")
+        idle = measure_idle(pg, api, daemon, args.idle, result)
+        result.idle_cpu, result.idle_passes, result.idle_rows_read = \
+            idle.cpu, idle.passes, idle.rows_read
     finally:
-        code = daemon.stop()
+        stopped(daemon, result)
+    if args.baseline:
+        common.log(f"every {interval}: the same idle daemon with the probe off (reread: 0s)")
+        daemon = Daemon(write_config(folder / interval, db, api, interval, port, "0s"), port)
+        try:
+            wait_until(lambda: daemon.passes("conversions") >= 2, 60, "its first passes",
+                       daemon)
+            result.baseline = measure_idle(pg, api, daemon, args.idle, result)
+        finally:
+            stopped(daemon, result)
+    return result
+
+
+def measure_idle(pg: common.Postgres, api: common.SandboxProcess, daemon: Daemon,
+                 seconds: float, result: Result) -> Idle:
+    """The daemon's and PostgreSQL's CPU while nothing changes, and the passes it ran."""
+    names = ("customers", "conversions")
+    passes = {name: daemon.passes(name) for name in names}
+    read = {name: daemon.rows_read(name) for name in names}
+    requests = api.summary()["requests"]
+    meter = CpuMeter(pg.server, daemon.proc.pid)
+    meter.start()
+    time.sleep(seconds)
+    cpu = meter.stop()
+    done = sum(daemon.passes(name) - passes[name] for name in names)
+    rows = sum(daemon.rows_read(name) - read[name] for name in names)
+    if api.summary()["requests"] != requests:
+        result.problems.append("the daemon called the API while nothing changed")
+    return Idle(cpu, done / len(names) / seconds, rows / done if done else 0.0)
+
+
+def stopped(daemon: Daemon, result: Result) -> None:
+    code = daemon.stop()
     if code != 0:
         result.problems.append(f"the daemon exited with {code}: {daemon.tail()}")
-    return result
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -360,18 +406,23 @@ def report(results: list[Result], pg_floor: float, idle: float) -> None:
     print()
     print(f"CPU, % of one core (idle: {idle:g} s with no writes, after every change arrived;"
           " busy: while the writer ran)")
-    print(f"{'every':>6}  {'connector idle':>14}  {'postgresql idle':>15}  "
-          f"{'connector busy':>14}  {'postgresql busy':>15}  {'idle passes/s':>13}  "
-          f"{'rows read/idle pass':>19}")
+    print(f"{'every':>6}  {'probe':<24}  {'connector idle':>14}  {'postgresql idle':>15}  "
+          f"{'idle passes/s':>13}  {'rows read/idle pass':>19}  {'connector busy':>14}  "
+          f"{'postgresql busy':>15}")
     for res in results:
-        target = IDLE_CPU_TARGET.get(res.interval)
-        mark = ""
-        if target:
-            mark = " ok" if res.idle_cpu["connector"] < target else " MISS"
-        print(f"{res.interval:>6}  {res.idle_cpu['connector']:>13.1f}%{mark:<5}"
-              f"{res.idle_cpu['postgresql']:>10.1f}%  "
-              f"{res.busy_cpu['connector']:>13.1f}%  {res.busy_cpu['postgresql']:>14.1f}%  "
-              f"{res.idle_passes:>13.2f}  {res.idle_rows_read:>19.1f}")
+        rows = [("on (reread: 1m)", Idle(res.idle_cpu, res.idle_passes, res.idle_rows_read),
+                 res.busy_cpu)]
+        if res.baseline is not None:
+            rows.append(("off (reread: 0s) baseline", res.baseline, {}))
+        for probe, idle_row, busy in rows:
+            target = IDLE_CPU_TARGET.get(res.interval) if busy else None
+            mark = ("  ok" if idle_row.cpu["connector"] < target else "  MISS") if target \
+                else ""
+            busy_text = (f"{busy['connector']:>13.1f}%  {busy['postgresql']:>14.1f}%"
+                         if busy else "")
+            print(f"{res.interval:>6}  {probe:<24}  {idle_row.cpu['connector']:>8.1f}%{mark:<6}"
+                  f"{idle_row.cpu['postgresql']:>14.1f}%  {idle_row.passes:>13.2f}  "
+                  f"{idle_row.rows_read:>19.1f}  {busy_text}")
     print(f"PostgreSQL alone, no daemon running: {pg_floor:.1f}% of one core "
           f"(its background processes)")
     print("idle passes/s: passes per stream per second while idle (each stream's `every`); "
@@ -392,6 +443,11 @@ def main() -> int:
     parser.add_argument("--customers", type=int, default=10_000,
                         help="rows of the customers table (each commit updates another one)")
     parser.add_argument("--seed", type=int, default=14)
+    parser.add_argument("--backlog", type=int, default=1000,
+                        help="customers changed in the 5 minutes before the start (rows "
+                             "inside the lookback window of every pass)")
+    parser.add_argument("--no-baseline", dest="baseline", action="store_false",
+                        help="skip the idle daemon with the probe off (reread: 0s)")
     parser.add_argument("--keep", metavar="DIR", help="keep configs, state files and logs here")
     args = parser.parse_args()
     started = common.header("freshness: commit-to-arrival through the daemon, and its idle "
