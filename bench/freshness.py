@@ -413,7 +413,7 @@ def report(results: list[Result], pg_floor: float, idle: float) -> None:
         rows = [("on (reread: 1m)", Idle(res.idle_cpu, res.idle_passes, res.idle_rows_read),
                  res.busy_cpu)]
         if res.baseline is not None:
-            rows.append(("off (reread: 0s) baseline", res.baseline, {}))
+            rows.append(("off (reread: 0s)", res.baseline, {}))
         for probe, idle_row, busy in rows:
             target = IDLE_CPU_TARGET.get(res.interval) if busy else None
             mark = ("  ok" if idle_row.cpu["connector"] < target else "  MISS") if target \
@@ -425,6 +425,7 @@ def report(results: list[Result], pg_floor: float, idle: float) -> None:
                   f"{idle_row.rows_read:>19.1f}  {busy_text}")
     print(f"PostgreSQL alone, no daemon running: {pg_floor:.1f}% of one core "
           f"(its background processes)")
+    print("probe off: the baseline, the same idle daemon reading its windows every pass")
     print("idle passes/s: passes per stream per second while idle (each stream's `every`); "
           "rows read/idle pass: rows each idle pass read from the database")
     for res in results:
