@@ -2,6 +2,7 @@
 nothing never hides a change it must see, a stream never runs two passes at once, and
 `every: 250ms` really polls four times a second."""
 
+# ruff: noqa: F811 - the fixtures imported below are parameters of the tests
 from __future__ import annotations
 
 import asyncio
