@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from connector import config, session
+from connector import config, probe, session
 from connector.daemon import _Daemon
 from connector.sandbox import Sandbox
 from connector.state import DaemonLock
@@ -271,3 +271,18 @@ def test_the_probe_on_sqlite_text_times(tmp_path: Path, api: Sandbox, write_conf
         _a_moved_row_is_seen(session, api, move)
     finally:
         session.close()
+
+
+def test_a_reread_longer_than_the_lookback_is_refused() -> None:
+    from tests.test_config import dump, minimal, problems_of
+
+    document = minimal()
+    document["contacts"]["customers"].update(lookback="30s", reread="2m")
+    assert problems_of(dump(document)) == [(
+        "contacts.customers",
+        "reread (0:02:00) is longer than lookback (0:00:30): a change only a full read of "
+        "the window sees could leave the window first; make reread shorter")]
+    del document["contacts"]["customers"]["reread"]  # left at its default: 1m, cut to 30s
+    settings = config.parse(dump(document), env={"DATABASE_URL": "sqlite:///x.db",
+                                                 "WIRAYA_API_KEY": "k"})
+    assert probe.reread_seconds(settings.contacts["customers"]) == 30
