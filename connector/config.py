@@ -232,6 +232,10 @@ class StreamBase(_Model):
     lookback: timedelta | int | None = None
     every: Duration = timedelta(minutes=1)
     page_size: int | None = Field(default=None, gt=0, le=100_000)
+    # The daemon reads the lookback window in full at least this often; in between, a pass
+    # whose index probe finds the window as the last pass left it reads nothing (probe.py).
+    # 0s: every pass reads the window.
+    reread: Duration = timedelta(minutes=1)
 
     @field_validator("lookback", mode="before")
     @classmethod
@@ -244,6 +248,17 @@ class StreamBase(_Model):
                 raise ValueError("lookback cannot be negative")
             return value
         return parse_duration(value)
+
+    @model_validator(mode="after")
+    def _reread_within_lookback(self) -> StreamBase:
+        # A change only a full read sees must still be inside the window when it comes.
+        # (Left at its default, reread shrinks to a shorter lookback: probe.reread_seconds.)
+        if "reread" in self.model_fields_set and isinstance(self.lookback, timedelta) \
+                and self.reread > self.lookback:
+            raise ValueError(f"reread ({self.reread}) is longer than lookback "
+                             f"({self.lookback}): a change only a full read of the window "
+                             "sees could leave the window first; make reread shorter")
+        return self
 
 
 class ContactStream(StreamBase):

@@ -35,6 +35,9 @@ class Context:
     on_page: Callable[[str, int], None] | None = None  # (stream, rows) after each page
     # A dry run calls this with (kind, key, body) for every payload it would send.
     on_send: Callable[[SendKind, str, dict[str, Any]], None] | None = None
+    # What the last live pass of each stream saw of its window (`probe.Seen`), in this
+    # process: the daemon's next pass reads nothing when the window has not changed.
+    probes: dict[str, Any] = field(default_factory=dict)
 
     @property
     def dry_run(self) -> bool:

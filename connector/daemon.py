@@ -2,7 +2,9 @@
 
 One APScheduler job per stream at its `every` interval, all on one event loop and one API
 client (so the rate limit and a `Retry-After` hold cover every stream). A stream never runs
-twice at once, and overdue runs coalesce into one. A failing stream (database down, API
+twice at once, and overdue runs coalesce into one: a pass longer than `every` (which may be
+under a second, `250ms`) makes the scheduler skip the ticks it covers, and the next pass
+starts at the first tick after it ends. A failing stream (database down, API
 down) is logged in one line and tried again at its next run; the others go on.
 
 Stopping (SIGTERM, SIGINT): no new pass starts; each running pass finishes the page it has

@@ -570,6 +570,13 @@ class Source(_WholeTable, _TextTimes):
             return value.date()
         return value
 
+    def probe(self, bound: BoundStream, floor: Any) -> tuple[int, Any, Any]:
+        """Rows from `floor` on, their highest cursor and the sum of their cursors as
+        numbers: one aggregate over the cursor index, for a live pass's probe (probe.py)."""
+        query = _probe_query(self.dialect, bound, self.coerce(bound, floor))
+        rows, highest, total = tuple(self._all(bound, query)[0])
+        return int(rows), highest, total
+
 
 def _regclass(bound: BoundStream) -> str:
     """The table's name as `to_regclass` reads it: each part double-quoted."""
@@ -668,6 +675,34 @@ def _sqlite_read_only(dbapi_connection: Any, _record: Any) -> None:
     # of failing the whole page inside the driver.
     dbapi_connection.text_factory = lambda raw: raw.decode("utf-8", "surrogateescape")
     dbapi_connection.execute("PRAGMA query_only = ON")
+
+
+def _probe_query(dialect: str, bound: BoundStream, low: Any) -> sa.Select[Any]:
+    """`Source.probe`'s statement. Each cursor counts as an exact number, relative to the
+    floor (small, so that SQLite's integer sum cannot overflow): any cursor value that moves
+    changes the sum. The id is looked at only when it may be NULL: the cursor index alone
+    answers otherwise."""
+    cursor = bound.cursor
+    number: sa.ColumnElement[Any]
+    if bound.cursor_kind not in TIME_KINDS:
+        number = cursor - low
+    elif dialect == "postgresql":
+        number = sa.extract("epoch", cursor)  # numeric: exact to the microsecond
+    elif dialect == "mysql":
+        number = sa.func.timestampdiff(sa.literal_column("MICROSECOND"), low, cursor)
+    else:  # SQLite's normal form of a time is exact to the millisecond
+        days = sa.func.julianday(cursor) - sa.func.julianday(sa.literal(low, cursor.type))
+        number = sa.cast(sa.func.round(days * 86_400_000), sa.Integer)
+    query = cast(sa.Select[Any], sa.select(sa.func.count(), sa.func.max(cursor),
+                                           sa.func.sum(number))) \
+        .select_from(bound.table).where(cursor >= low)
+    if bound.id_nullable:
+        query = query.where(bound.id.is_not(None))
+    if dialect == "mysql" and bound.cursor_kind in TIME_KINDS:
+        from connector.dialects import mysql
+
+        query = query.where(mysql.real_time(cursor))
+    return query
 
 
 __all__ = ["BoundStream", "Narrow", "Page", "Rows", "Source", "date"]

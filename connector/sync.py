@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
 
-from connector import checks, compare, held, recorder, restart
+from connector import checks, compare, held, probe, recorder, restart
 from connector.context import Context, StopFlag
 from connector.cursor import Lookback, after, range_key, resolve_lookback
 from connector.errors import ConnectorError
@@ -128,7 +128,9 @@ async def run_pass(ctx: Context, name: str, how: How | None = None) -> Report:
     report.seconds = time.monotonic() - started
     _record(ctx, report, run_id)
     if report.outcome != "failed":  # a failure was logged above, with its cause
-        slog.info("%s pass %s: %s", how.kind, report.outcome, report.line().split(": ", 1)[1])
+        # A pass that found nothing to do says so at debug: at `every: 250ms` they are many.
+        slog.log(logging.INFO if report.counts != Counts() else logging.DEBUG,
+                 "%s pass %s: %s", how.kind, report.outcome, report.line().split(": ", 1)[1])
     return report
 
 
@@ -169,6 +171,9 @@ async def _live(ctx: Context, pages: StreamPages, lookback: Lookback) -> Positio
     if window.held_back_by is not None:
         pages.log.info("a transaction open since %s holds the read back",
                        window.held_back_by.isoformat())
+    started, seen = time.monotonic(), await probe.look(ctx, pages, high, window.floor)
+    if probe.may_skip(ctx, pages, seen):
+        return high  # the window is as the last read left it: nothing to read
     async for page in _pages(ctx, pages, floor=window.floor):
         last = page.last
         if window.cap is not None and last.cursor > window.cap:
@@ -180,6 +185,7 @@ async def _live(ctx: Context, pages: StreamPages, lookback: Lookback) -> Positio
         return high
     pages.counts.dead += await held.unreachable(ctx, pages, window.floor)
     pages.counts.resolved += await held.recheck(ctx, pages, pages.stream, pages.held_now)
+    probe.remember(ctx, pages, seen, started)
     return high
 
 

@@ -271,6 +271,10 @@ class Api:
                 lambda: [{"contactId": c, "campaign": k, "iteration": i} for c, k, i in store.links]
             ),
             "faults": lambda: faults_json(self.faults),
+            # When each contact was last written and each event applied (unix time), for
+            # bench/freshness.py; events in the order of the `events` route.
+            "arrivals": copy(lambda: {"contacts": dict(store.contact_arrivals),
+                                      "events": list(store.event_arrivals)}),
         }
 
     def _set_faults(self, body: bytes) -> Reply:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass
@@ -50,6 +51,10 @@ class Received:
         self.requests: list[RequestRecord] = []
         self.holdbacks: list[tuple[float, float]] = []
         self._seq = SEQUENCE_START
+        # Wall-clock arrival times (time.time()), for freshness measurements: the last write
+        # of each contact, and one per applied event (in the order of `events`).
+        self.contact_arrivals: dict[str, float] = {}
+        self.event_arrivals: list[float] = []
 
     def clear(self) -> None:  # call with lock held
         self.contacts.clear()
@@ -58,6 +63,8 @@ class Received:
         self.events.clear()
         self.requests.clear()
         self.holdbacks.clear()
+        self.contact_arrivals.clear()
+        self.event_arrivals.clear()
 
     def next_seq(self) -> str:  # call with lock held
         self._seq += 1
@@ -68,6 +75,7 @@ class Received:
     def store_contact(self, cid: str, body: dict[str, Any]) -> str:
         self.contacts[cid] = body
         self.writes[cid] += 1
+        self.contact_arrivals[cid] = time.time()
         return self.next_seq()
 
     def add_link(self, cid: str, body: dict[str, Any]) -> str:
@@ -77,6 +85,7 @@ class Received:
     def add_event(self, cid: str, body: dict[str, Any]) -> str:
         # Every applied event is kept, duplicates too: tests count events per order.
         self.events.append((cid, body))
+        self.event_arrivals.append(time.time())
         return self.next_seq()
 
     def record(self, rec: RequestRecord) -> None:
