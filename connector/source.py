@@ -234,6 +234,35 @@ class _Server:
             raise SourceError(f"cannot reach the database at {self.settings.display_url}: "
                               f"{describe(exc)}") from None
 
+    # -- the catalog: what a table has, and whether it was recreated --------------------
+
+    def cursor_indexed(self, bound: BoundStream) -> bool:
+        """Whether an index starts with the cursor column (a view: never known)."""
+        try:
+            with self.engine.connect() as conn:
+                inspector = sa.inspect(conn)
+                indexes = inspector.get_indexes(bound.table.name, schema=bound.table.schema)
+                primary = inspector.get_pk_constraint(bound.table.name, schema=bound.table.schema)
+        except sa.exc.SQLAlchemyError as exc:
+            raise SourceError(f"{bound.name}: cannot list indexes: {describe(exc)}") from None
+        firsts = [index["column_names"][0] for index in indexes if index["column_names"]]
+        firsts += (primary.get("constrained_columns") or [])[:1]
+        return bound.cursor.name in firsts
+
+    def table_identity(self, bound: BoundStream) -> str | None:
+        """What changes when the table is truncated or recreated (PostgreSQL: its oid and
+        file node); None where the database cannot tell."""
+        if self.dialect != "postgresql" or bound.is_view:
+            return None
+        query = sa.text("SELECT oid::text || '/' || pg_relation_filenode(oid)::text "
+                        "FROM pg_class WHERE oid = to_regclass(:name)")
+        try:
+            with self.engine.connect() as conn:
+                value = conn.execute(query, {"name": _regclass(bound)}).scalar()
+        except sa.exc.SQLAlchemyError as exc:
+            raise SourceError(f"{bound.name}: reading pg_class failed: {describe(exc)}") from None
+        return str(value) if value is not None else None
+
 
 class _TextTimes(_Server):
     """Times stored as text (SQLite): a cursor compared as SQLite's normal form of a time."""
@@ -384,25 +413,21 @@ class Source(_WholeTable, _TextTimes):
         return replace(bound, digest_salt=salt) if self.dialect in {"postgresql", "mysql"} \
             else bound
 
-    def cursor_indexed(self, bound: BoundStream) -> bool:
-        """Whether an index starts with the cursor column (a view: never known)."""
-        try:
-            with self.engine.connect() as conn:
-                inspector = sa.inspect(conn)
-                indexes = inspector.get_indexes(bound.table.name, schema=bound.table.schema)
-                primary = inspector.get_pk_constraint(bound.table.name, schema=bound.table.schema)
-        except sa.exc.SQLAlchemyError as exc:
-            raise SourceError(f"{bound.name}: cannot list indexes: {describe(exc)}") from None
-        firsts = [index["column_names"][0] for index in indexes if index["column_names"]]
-        firsts += (primary.get("constrained_columns") or [])[:1]
-        return bound.cursor.name in firsts
-
     # -- reading --------------------------------------------------------------------------
 
     def read_page(self, bound: BoundStream, limit: int, after: Position | None = None,
-                  floor: Any = None, until: Any = None) -> Page | None:
+                  floor: Any = None, until: Any = None, whole: bool = False) -> Page | None:
         """The next page in `(cursor, id)` order (None: no more rows); narrow when the
-        stream has a digest salt, full otherwise. Bounds as for `page`."""
+        stream has a digest salt, full otherwise or when asked (`whole`: with the server's
+        digests, for a pass that knows every row is new). Bounds as for `page`."""
+        if bound.digest_salt is not None and whole:
+            query = self._keyset(self._select(bound), bound, after, floor, until)
+            rows_digests = self._rows(bound, self._all(bound, query.limit(limit)))
+            if not rows_digests.rows:
+                return None
+            last = rows_digests.rows[-1]
+            return Page(Position(comparable(bound.cursor_kind, bound.cursor_of(last)),
+                                 bound.id_of(last)), len(rows_digests), full=rows_digests)
         if bound.digest_salt is not None:
             rows: Sequence[Sequence[Any]] = self.digest_page(bound, limit, after, floor, until)
             if not rows:
@@ -499,20 +524,6 @@ class Source(_WholeTable, _TextTimes):
         if bound.digest_salt is None:
             return Rows(rows)
         return Rows([row[:-1] for row in rows], [row[-1] for row in rows])
-
-    def table_identity(self, bound: BoundStream) -> str | None:
-        """What changes when the table is truncated or recreated (PostgreSQL: its oid and
-        file node); None where the database cannot tell."""
-        if self.dialect != "postgresql" or bound.is_view:
-            return None
-        query = sa.text("SELECT oid::text || '/' || pg_relation_filenode(oid)::text "
-                        "FROM pg_class WHERE oid = to_regclass(:name)")
-        try:
-            with self.engine.connect() as conn:
-                value = conn.execute(query, {"name": _regclass(bound)}).scalar()
-        except sa.exc.SQLAlchemyError as exc:
-            raise SourceError(f"{bound.name}: reading pg_class failed: {describe(exc)}") from None
-        return str(value) if value is not None else None
 
     def highest_cursor(self, bound: BoundStream) -> Any:
         """The highest cursor value visible now (an index lookup with a cursor index)."""

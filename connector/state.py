@@ -507,6 +507,11 @@ class _Memory(_File):
                 db.execute(f"UPDATE held SET last_seen = ? WHERE stream = ? "
                            f"AND row_key IN ({_marks(part)})", (now, stream, *part))
 
+    def holds_contacts(self, stream: str) -> bool:
+        """Whether any contact of the stream is on record."""
+        return self._conn.execute("SELECT 1 FROM contacts WHERE stream = ? LIMIT 1",
+                                  (stream,)).fetchone() is not None
+
     def has_held(self, stream: str) -> bool:
         return self._conn.execute("SELECT 1 FROM held WHERE stream = ? LIMIT 1",
                                   (stream,)).fetchone() is not None

@@ -231,9 +231,13 @@ async def _pages(ctx: Context, pages: StreamPages, floor: Any = None,
                  start: Position | None = None, until: Any = None) -> AsyncIterator[Page]:
     """Keyset pages; the next page is read while the caller handles this one."""
     source, bound, size = ctx.source, pages.bound, pages.page_size
+    # With no contact of the stream on record (a first sync) every row is new: pages are
+    # read whole at once, not narrow and then again by id.
+    whole = pages.contacts is not None and not ctx.state.holds_contacts(pages.name)
 
     def read(position: Position | None) -> Page | None:
-        return source.read_page(bound, size, after=position, floor=floor, until=until)
+        return source.read_page(bound, size, after=position, floor=floor, until=until,
+                                whole=whole)
 
     async for page in read_ahead(ctx.stop, read, size, start):
         yield page

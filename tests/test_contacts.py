@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import sqlite3
 import stat
 import time
@@ -21,6 +22,7 @@ from connector.sync import Report, run_pass
 from tests.conftest import (
     API_KEY,
     CUSTOMERS,
+    DB_USER,
     Database,
     add_customers,
     customers_stream,
@@ -334,3 +336,48 @@ def test_reads_run_in_read_only_transactions(db: Database) -> None:
             assert isinstance(caught.value.orig, psycopg.errors.ReadOnlySqlTransaction)
     finally:
         source.close()
+
+
+def connector_statements(db: Database, run: Any) -> list[str]:
+    """The statements the connector's role ran on `customers` while `run` ran, from the
+    server's own log (log_statement for that role in this database)."""
+    log = db.server.root / "server.log"
+    db.execute(f'ALTER ROLE {DB_USER} IN DATABASE "{db.name}" SET log_statement = \'all\'')
+    start = log.stat().st_size
+    try:
+        run()
+    finally:
+        db.execute(f'ALTER ROLE {DB_USER} IN DATABASE "{db.name}" RESET log_statement')
+    with log.open(encoding="utf-8", errors="replace") as text:
+        text.seek(start)
+        entries = re.split(r"\n(?=\d{4}-\d\d-\d\d )", text.read())
+    statements: list[str] = []
+    for entry in entries:
+        if "DETAIL:  parameters:" in entry and statements:
+            statements[-1] += " " + entry.split("DETAIL:", 1)[1]  # the values bound
+        elif "FROM public.customers" in entry:
+            statements.append(" ".join(entry.split()))
+    return statements
+
+
+def test_a_first_sync_reads_whole_pages_and_keeps_the_servers_digests(
+        db: Database, api: Sandbox, write_config) -> None:
+    db.execute(CUSTOMERS)
+    add_customers(db, 1, 300)
+    path = write_config(contacts={"customers": customers_stream(page_size=100)},
+                        wiraya={"bulk_size": 100})
+    first = connector_statements(db, lambda: run_passes(path))
+    # Every row is new: three pages read whole (with the digest), no page read narrow first
+    # and then again by id.
+    assert len([line for line in first if "hashtextextended" in line]) == 4  # 3 + the empty end
+    assert not [line for line in first if " IN (" in line], first
+    assert len(api.contacts) == 300
+
+    # The digests kept are the server's: the next pass reads narrow and finds nothing changed.
+    db.execute("UPDATE customers SET city = 'Elsewhere', updated_at = now() "
+               "WHERE customer_id = 150")
+    api.reset()
+    again = connector_statements(db, lambda: run_passes(path))
+    by_id = [line for line in again if " IN (" in line]
+    assert len(by_id) == 1 and by_id[0].endswith("$2 = '150'"), by_id  # $1: the seed
+    assert set(api.contact_writes) == {"150"}
