@@ -39,6 +39,7 @@ def pytest_configure(config: pytest.Config) -> None:
         settings.load_profile("quick")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (its hook runs first else)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The Docker tests share one engine (started if none runs, stopped by the worker that
     started it): under pytest-xdist they all run in one worker."""
