@@ -21,7 +21,7 @@ from connector.errors import ApiUnavailable
 from connector.mapping import Link, event_body
 from connector.plan import ContactPlan, EventItem, EventPlan, dead_letter
 from connector.state import Commit, Delivered, FlagState, LinkKey, Sent
-from connector.values import Counts, iso_z, now_utc
+from connector.values import Counts, Digest, iso_z, now_utc
 from connector.wiraya import Result, Wiraya
 
 log = logging.getLogger("connector.deliver")
@@ -57,7 +57,11 @@ class Delivery:
     async def contacts(self, plan: ContactPlan) -> Commit:
         """Upserts first (a link or an event needs its contact), then links and events."""
         commit = Commit(held=list(plan.held))
-        results = await self._upsert(plan.upsert, plan.digests)
+        # With no link and no event to follow, an accepted upsert is the contact's last step:
+        # it is written whole as its reply comes, and not a second time with the page.
+        last_step = not plan.links and not plan.emit and self.api is not None
+        results = await self._upsert(plan.upsert, plan.digests,
+                                     plan.inputs if last_step else None)
         fail_if_unreachable("contacts", results.values())
         present = set(plan.present)
         failed: set[str] = set()
@@ -74,9 +78,12 @@ class Delivery:
         commit.flags += [flag for flag in plan.record if flag.contact_id in present
                          and (not flag.active or (flag.contact_id, flag.event) in emitted)]
         for key in present:
-            # A contact whose link or event failed is mapped again next time it is read.
-            commit.contacts.append(Delivered(key, None if key in failed else plan.inputs[key],
-                                             plan.digests[key]))
+            if last_step and key in results and results[key].ok:
+                commit.recorded.append(key)
+            else:
+                # A contact whose link or event failed is mapped again next time it is read.
+                commit.contacts.append(Delivered(
+                    key, None if key in failed else plan.inputs[key], plan.digests[key]))
             if key not in failed and key in plan.on_record:
                 commit.cleared.append(key)
         return commit
@@ -159,15 +166,18 @@ class Delivery:
 
     # -- the three calls (or, in a dry run, what they would send) -------------------------
 
-    async def _upsert(self, send: dict[str, dict[str, Any]],
-                      digests: dict[str, bytes]) -> dict[str, Result]:
+    async def _upsert(self, send: dict[str, dict[str, Any]], digests: dict[str, bytes],
+                      inputs: dict[str, Digest] | None) -> dict[str, Result]:
+        """`inputs`: the input digests to write with each accepted contact (its last step);
+        None: the payload digest only, the input digest comes with the page."""
         if self.api is None:
             self._heard("contact", send.items())
             return {key: Result.accepted() for key in send}
 
         def done(results: dict[str, Result]) -> None:
-            self.record(Commit(contacts=[Delivered(key, None, digests[key])
-                                         for key, result in results.items() if result.ok]))
+            self.record(Commit(contacts=[
+                Delivered(key, inputs[key] if inputs is not None else None, digests[key])
+                for key, result in results.items() if result.ok]))
 
         return await self.api.upsert_contacts(send, done)
 

@@ -199,10 +199,10 @@ class StreamPages:
         self.ctx.state.commit(self.name, commit)
         if commit.held:
             self.any_held = True
-        if self.contacts is not None and commit.contacts:
+        if self.contacts is not None and (commit.contacts or commit.recorded):
             # Only now, with the contacts on record, may their waiting events go.
             self.counts.released += await held.release_waiting(
-                self.ctx, [item.key for item in commit.contacts],
+                self.ctx, [item.key for item in commit.contacts] + commit.recorded,
                 lambda stream: StreamPages(self.ctx, stream, lock_wait=False))
 
 

@@ -219,6 +219,9 @@ class Commit:
     ledger: list[Sent] = field(default_factory=list)
     held: list[Held] = field(default_factory=list)
     cleared: list[str] = field(default_factory=list)
+    # Contacts written whole as their replies came (nothing after the upsert could fail for
+    # them): on record already, not written again; their waiting events may go.
+    recorded: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
