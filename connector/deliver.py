@@ -1,9 +1,10 @@
 """A plan -> Wiraya -> what was accepted, as a `Commit` for the state file.
 
 What Wiraya accepted is written to the state file as each reply comes (not only at the end
-of the page), so a crash resends at most the requests that were in flight. A contact is
-first recorded without its input digest: until the page is committed whole, its links and
-events are not known to be done, so it is mapped again if read.
+of the page), so a crash resends at most the requests that were in flight. A contact with
+links, events or a flag state to follow is first recorded without its input digest: until
+the page is committed whole, those are not known to be done, so it is mapped again if read.
+A contact whose upsert is its last step is recorded whole at once, and only then.
 
 A dry run sends nothing: every item counts as accepted, and `on_send` hears each payload.
 """
@@ -57,11 +58,15 @@ class Delivery:
     async def contacts(self, plan: ContactPlan) -> Commit:
         """Upserts first (a link or an event needs its contact), then links and events."""
         commit = Commit(held=list(plan.held))
-        # With no link and no event to follow, an accepted upsert is the contact's last step:
-        # it is written whole as its reply comes, and not a second time with the page.
-        last_step = not plan.links and not plan.emit and self.api is not None
-        results = await self._upsert(plan.upsert, plan.digests,
-                                     plan.inputs if last_step else None)
+        # With no link or event to follow and no flag state to write with the page, an
+        # accepted upsert is a contact's last step: it is written whole as its reply comes,
+        # and not a second time with the page. (A crash before the page commit must not
+        # leave a contact on record whose flag state was never written.)
+        whole: dict[str, Digest] = {}
+        if self.api is not None and not plan.links and not plan.emit:
+            flagged = {flag.contact_id for flag in plan.record}
+            whole = {key: digest for key, digest in plan.inputs.items() if key not in flagged}
+        results = await self._upsert(plan.upsert, plan.digests, whole)
         fail_if_unreachable("contacts", results.values())
         present = set(plan.present)
         failed: set[str] = set()
@@ -78,7 +83,7 @@ class Delivery:
         commit.flags += [flag for flag in plan.record if flag.contact_id in present
                          and (not flag.active or (flag.contact_id, flag.event) in emitted)]
         for key in present:
-            if last_step and key in results and results[key].ok:
+            if key in whole and key in results and results[key].ok:
                 commit.recorded.append(key)
             else:
                 # A contact whose link or event failed is mapped again next time it is read.
@@ -167,16 +172,17 @@ class Delivery:
     # -- the three calls (or, in a dry run, what they would send) -------------------------
 
     async def _upsert(self, send: dict[str, dict[str, Any]], digests: dict[str, bytes],
-                      inputs: dict[str, Digest] | None) -> dict[str, Result]:
-        """`inputs`: the input digests to write with each accepted contact (its last step);
-        None: the payload digest only, the input digest comes with the page."""
+                      whole: dict[str, Digest]) -> dict[str, Result]:
+        """An accepted contact is recorded as its reply comes: with its input digest when
+        the upsert is its last step (`whole`), else with its payload digest only (the input
+        digest comes with the page)."""
         if self.api is None:
             self._heard("contact", send.items())
             return {key: Result.accepted() for key in send}
 
         def done(results: dict[str, Result]) -> None:
             self.record(Commit(contacts=[
-                Delivered(key, inputs[key] if inputs is not None else None, digests[key])
+                Delivered(key, whole.get(key), digests[key])
                 for key, result in results.items() if result.ok]))
 
         return await self.api.upsert_contacts(send, done)

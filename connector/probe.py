@@ -36,6 +36,7 @@ from typing import Any
 
 from connector import config
 from connector.context import Context
+from connector.cursor import Lookback
 from connector.page import StreamPages
 from connector.values import Position
 
@@ -57,12 +58,16 @@ class Seen:
     read_at: float  # time.monotonic() of that read
 
 
-def reread_seconds(stream: config.ContactStream | config.EventStream) -> float:
-    """The stream's `reread`, no longer than a lookback given as a duration (`lookback: 0s`
-    turns the probe off)."""
-    if isinstance(stream.lookback, timedelta):
-        return min(stream.reread, stream.lookback).total_seconds()
-    return stream.reread.total_seconds()
+def reread_seconds(stream: config.ContactStream | config.EventStream,
+                   lookback: Lookback | None = None) -> float:
+    """The stream's `reread`, no longer than its lookback as a duration: the one written, or
+    `lookback`, the one the pass uses (a default one too). `lookback: 0s` turns the probe
+    off. An integer cursor's lookback is a count of values: nothing bounds `reread` there."""
+    reread = stream.reread
+    for window in (stream.lookback, lookback):
+        if isinstance(window, timedelta):
+            reread = min(reread, window)
+    return reread.total_seconds()
 
 
 def unchanged(seen: Seen | None, look: Look, now: float, reread: float) -> bool:
@@ -72,22 +77,23 @@ def unchanged(seen: Seen | None, look: Look, now: float, reread: float) -> bool:
 
 
 async def look(ctx: Context, pages: StreamPages, watermark: Position | None,
-               floor: Any) -> Look | None:
+               floor: Any, lookback: Lookback) -> Look | None:
     """The window as the database has it now; None when a pass must read whatever the
     probe says (the first pass, a window from the start, `reread: 0s`)."""
-    if floor is None or reread_seconds(pages.stream) <= 0:
+    if floor is None or reread_seconds(pages.stream, lookback) <= 0:
         return None
     rows, highest, total = await asyncio.to_thread(ctx.source.probe, pages.bound, floor)
     return Look(watermark, floor, rows, highest, total)
 
 
-def may_skip(ctx: Context, pages: StreamPages, seen_now: Look | None) -> bool:
+def may_skip(ctx: Context, pages: StreamPages, seen_now: Look | None,
+             lookback: Lookback) -> bool:
     """Whether this pass reads nothing: its window did not change since the last read."""
     if seen_now is None:
         return False
     seen = ctx.probes.get(pages.name)
     return unchanged(seen if isinstance(seen, Seen) else None, seen_now, time.monotonic(),
-                     reread_seconds(pages.stream))
+                     reread_seconds(pages.stream, lookback))
 
 
 def remember(ctx: Context, pages: StreamPages, seen_now: Look | None, started: float) -> None:

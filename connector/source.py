@@ -697,8 +697,13 @@ def _probe_query(dialect: str, bound: BoundStream, low: Any) -> sa.Select[Any]:
     number: sa.ColumnElement[Any]
     if bound.cursor_kind not in TIME_KINDS:
         number = cursor - low
+    elif dialect == "postgresql" and bound.cursor_kind == "date":
+        number = cursor - sa.literal(low, cursor.type)  # days
     elif dialect == "postgresql":
-        number = sa.extract("epoch", cursor)  # numeric: exact to the microsecond
+        # Microseconds from the floor, as an integer: exact on every version (before
+        # PostgreSQL 14 `extract` gives a double, too coarse for a sum of whole epochs).
+        since = sa.extract("epoch", cursor - sa.literal(low, cursor.type))
+        number = sa.cast(sa.func.round(since * 1_000_000), sa.BigInteger)
     elif dialect == "mysql":
         number = sa.func.timestampdiff(sa.literal_column("MICROSECOND"), low, cursor)
     else:  # SQLite's normal form of a time is exact to the millisecond

@@ -171,8 +171,9 @@ async def _live(ctx: Context, pages: StreamPages, lookback: Lookback) -> Positio
     if window.held_back_by is not None:
         pages.log.info("a transaction open since %s holds the read back",
                        window.held_back_by.isoformat())
-    started, seen = time.monotonic(), await probe.look(ctx, pages, high, window.floor)
-    if probe.may_skip(ctx, pages, seen):
+    started, seen = time.monotonic(), await probe.look(ctx, pages, high, window.floor,
+                                                       lookback)
+    if probe.may_skip(ctx, pages, seen, lookback):
         return high  # the window is as the last read left it: nothing to read
     async for page in _pages(ctx, pages, floor=window.floor):
         last = page.last

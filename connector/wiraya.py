@@ -329,8 +329,8 @@ def _default_transport(settings: config.Wiraya) -> Lanes:
     if proxy is not None:
         log.info("calls to %s go through the proxy %s (%s)",
                  urlsplit(settings.base_url).hostname, proxy.url, proxy.source)
-    tls = settings.base_url.startswith("https:") or (
-        proxy is not None and proxy.url.startswith("https:"))
+    tls = urlsplit(settings.base_url).scheme == "https" or (
+        proxy is not None and urlsplit(proxy.url).scheme == "https")
     return Lanes(settings.concurrency, settings.timeout.total_seconds(), proxy, tls=tls)
 
 

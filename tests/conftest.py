@@ -112,8 +112,9 @@ class Databases:
     def give_back(self, database: Database) -> None:
         name = database.name
         with psycopg.connect(self.server.dsn("postgres"), autocommit=True) as conn:
-            # Sessions a test left open (a pool, a held transaction) would block the drops.
-            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            # Sessions a test left open (a pool, a held transaction) would block the drops; each is
+            # waited for (5 s at most), so that none is still seen by the next test.
+            conn.execute("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
                          "WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
             conn.execute(f'ALTER DATABASE "{name}" RESET ALL')
             conn.execute(f'ALTER ROLE {DB_USER} IN DATABASE "{name}" RESET ALL')

@@ -184,11 +184,17 @@ FAULTS: list[Fault] = [
        f"{E}::test_an_event_waits_for_its_contact",
        why="an event waiting for a contact that was written as its reply came never goes"),
     _f("recorded-without-input", "connector/deliver.py",
-       "Delivered(key, inputs[key] if inputs is not None else None, digests[key])",
+       "Delivered(key, whole.get(key), digests[key])",
        "Delivered(key, None, digests[key])",
        f"{C}::test_a_first_sync_reads_whole_pages_and_keeps_the_servers_digests",
        why="a contact written as its reply came is never on record with its input digest: "
            "every later read maps it again"),
+    _f("flag-state-recorded-early", "connector/deliver.py",
+       "flagged = {flag.contact_id for flag in plan.record}", "flagged: set[str] = set()",
+       "tests/test_deliver.py::test_an_upsert_is_recorded_whole_only_when_it_is_the_contacts_"
+       "last_step",
+       why="a contact is on record whole before its flag state is written: a crash between "
+           "the two loses the flag, and a later opt-out with it"),
     # -- a first sync reads whole pages (sync.py, source.py)
     _f("first-sync-narrow", "connector/sync.py",
        "whole = pages.contacts is not None and not ctx.state.holds_contacts(pages.name)",
@@ -216,10 +222,16 @@ FAULTS: list[Fault] = [
        why="a change the probe cannot see is never read (no full read every `reread`)"),
     _f("probe-kept-after-read", "connector/sync.py",
        "    probe.remember(ctx, pages, seen, started)",
-       "    probe.remember(ctx, pages, await probe.look(ctx, pages, high, window.floor), "
-       "started)",
+       "    probe.remember(ctx, pages, await probe.look(ctx, pages, high, window.floor, "
+       "lookback), started)",
        "tests/test_fresh.py::test_a_change_committed_while_a_pass_reads_is_read_by_the_next",
        why="the probe is taken after the read: a change committed meanwhile is never read"),
+    _f("reread-not-cut", "connector/probe.py", "for window in (stream.lookback, lookback):",
+       "for window in (stream.lookback,):",
+       "tests/test_fresh.py::test_a_reread_is_cut_to_the_lookback_the_pass_uses_when_none_is_"
+       "written",
+       why="with the lookback left at its default, a change only a full read sees can leave "
+           "the window before the next full read"),
     # -- check
     _f("standby-check", "connector/checks.py",
        "    if facts is None or not facts.standby:", "    if True:",

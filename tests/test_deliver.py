@@ -1,6 +1,7 @@
 """What a plan becomes in a dry run (connector.deliver with no API): every payload handed to
-`on_send` in the order it would go, and the commit the state file would get. No server; the
-failure paths are tested end to end against the sandbox (test_delivery, test_hostile)."""
+`on_send` in the order it would go, and the commit the state file would get; and what is
+recorded as replies come, against the sandbox. The failure paths are tested end to end
+against the sandbox (test_delivery, test_hostile)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,14 @@ import asyncio
 from datetime import UTC
 from typing import Any
 
+from connector import config
 from connector.deliver import Delivery
 from connector.plan import ContactPlan, EventItem, EventPlan, FlagEvent
+from connector.sandbox import Sandbox
 from connector.state import Commit, Delivered, FlagState, Held, LinkKey, Sent
 from connector.values import Counts
+from connector.wiraya import Wiraya
+from tests.conftest import API_KEY
 
 PAYLOAD = {"schema": 1, "personal": {"phoneNumber": "46701234567"}, "general": {}}
 
@@ -70,3 +75,30 @@ def test_events_go_into_the_ledger_and_leave_the_held_list() -> None:
     assert commit.cleared == ["7", "11"]
     assert [h.row_key for h in commit.held] == ["12"]
     assert counts.sent == 2
+
+
+def test_an_upsert_is_recorded_whole_only_when_it_is_the_contacts_last_step(
+        api: Sandbox) -> None:
+    """Over real HTTP: contact 1 has nothing to follow, so it is on record whole as its reply
+    comes and not written again with the page; contact 2's flag turned false, a state the
+    page writes, so until the page commits it is on record without its input digest (a
+    crash in between maps it again and writes the flag then)."""
+    plan = ContactPlan(
+        upsert={"1": PAYLOAD, "2": PAYLOAD}, digests={"1": b"p1", "2": b"p2"},
+        inputs={"1": b"i1", "2": b"i2"}, present=set(), links=[], emit=[],
+        record=[FlagState("2", "OptOut", False)], held=[], on_record=set(), counts=Counts())
+    recorded: list[Commit] = []
+    wiraya = config.Wiraya.model_validate({"base_url": api.url, "api_key": API_KEY,
+                                           "rate_limit": None, "bulk_size": 10})
+
+    async def deliver() -> Commit:
+        async with Wiraya(wiraya) as client:
+            return await Delivery("s", client, recorded.append, UTC).contacts(plan)
+
+    commit = asyncio.run(deliver())
+    assert sorted(c for r in recorded for c in r.contacts) == [
+        Delivered("1", b"i1", b"p1"), Delivered("2", None, b"p2")]
+    assert commit.recorded == ["1"]
+    assert commit.contacts == [Delivered("2", b"i2", b"p2")]
+    assert commit.flags == [FlagState("2", "OptOut", False)]
+    assert set(api.contacts) == {"1", "2"}

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from connector import config, probe, session
+from connector.cursor import resolve_lookback
 from connector.daemon import _Daemon
 from connector.sandbox import Sandbox
 from connector.state import DaemonLock
@@ -286,3 +287,18 @@ def test_a_reread_longer_than_the_lookback_is_refused() -> None:
     settings = config.parse(dump(document), env={"DATABASE_URL": "sqlite:///x.db",
                                                  "WIRAYA_API_KEY": "k"})
     assert probe.reread_seconds(settings.contacts["customers"]) == 30
+
+
+def test_a_reread_is_cut_to_the_lookback_the_pass_uses_when_none_is_written() -> None:
+    from tests.test_config import dump, minimal
+
+    document = minimal()
+    document["contacts"]["customers"].pop("lookback", None)
+    document["contacts"]["customers"]["reread"] = "30m"  # longer than the default 10m
+    settings = config.parse(dump(document), env={"DATABASE_URL": "sqlite:///x.db",
+                                                 "WIRAYA_API_KEY": "k"})
+    stream = settings.contacts["customers"]
+    lookback = resolve_lookback("contacts.customers", stream.cursor, "timestamptz",
+                                stream.lookback)
+    assert lookback == timedelta(minutes=10)
+    assert probe.reread_seconds(stream, lookback) == 600
