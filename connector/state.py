@@ -318,6 +318,10 @@ class _File:
             except sqlite3.Error:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
+                # Another process (a backfill started beside the daemon) read the same old
+                # version and migrated first, holding the write lock we waited for: done.
+                if self.schema_version >= number:
+                    continue
                 raise
 
     @property

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -164,3 +166,31 @@ def test_a_corrupt_file_is_named_with_what_to_do_whichever_way_it_is_opened(
         assert str(caught.value).startswith(f"state file {path} is corrupt or not a "
                                             "connector state file")
         assert "move it aside to start afresh" in str(caught.value)
+
+
+def test_two_processes_opening_a_new_state_file_at_once_both_get_it(tmp_path: Path) -> None:
+    """A backfill started beside the daemon: both read schema 0, one migrates while the
+    other waits for the write lock; the second then finds the work done, not an error."""
+    path = tmp_path / "connector.db"
+    path.touch()
+    first = sqlite3.connect(path, isolation_level=None)
+    first.execute("PRAGMA journal_mode=WAL")
+    first.executescript("BEGIN IMMEDIATE;\n" + "\n".join(MIGRATIONS)
+                        + f"\nPRAGMA user_version = {len(MIGRATIONS)};")  # not committed yet
+    opened: list[object] = []
+    second = threading.Thread(target=lambda: opened.append(_open_or_error(path)))
+    second.start()
+    time.sleep(0.5)  # the second has read schema 0 and waits for the lock
+    first.execute("COMMIT")
+    second.join(30)
+    first.close()
+    assert len(opened) == 1 and isinstance(opened[0], State), opened
+    assert opened[0].schema_version == len(MIGRATIONS)
+    opened[0].close()
+
+
+def _open_or_error(path: Path) -> object:
+    try:
+        return State.open(path)
+    except Exception as exc:
+        return exc
