@@ -420,27 +420,20 @@ class Source(_WholeTable, _TextTimes):
         """The next page in `(cursor, id)` order (None: no more rows); narrow when the
         stream has a digest salt, full otherwise or when asked (`whole`: with the server's
         digests, for a pass that knows every row is new). Bounds as for `page`."""
-        if bound.digest_salt is not None and whole:
-            query = self._keyset(self._select(bound), bound, after, floor, until)
-            rows_digests = self._rows(bound, self._all(bound, query.limit(limit)))
-            if not rows_digests.rows:
-                return None
-            last = rows_digests.rows[-1]
-            return Page(Position(comparable(bound.cursor_kind, bound.cursor_of(last)),
-                                 bound.id_of(last)), len(rows_digests), full=rows_digests)
-        if bound.digest_salt is not None:
+        if bound.digest_salt is not None and not whole:
             rows: Sequence[Sequence[Any]] = self.digest_page(bound, limit, after, floor, until)
             if not rows:
                 return None
             cursor, id_ = rows[-1][0], rows[-1][1]
             return Page(Position(comparable(bound.cursor_kind, cursor), id_), len(rows),
                         narrow=[Narrow(row[1], row[2], row[3]) for row in rows])
-        full = self.page(bound, limit, after, floor, until)
-        if not full:
+        query = self._keyset(self._select(bound), bound, after, floor, until)
+        full = self._rows(bound, self._all(bound, query.limit(limit)))
+        if not full.rows:
             return None
-        last = full[-1]
+        last = full.rows[-1]
         return Page(Position(comparable(bound.cursor_kind, bound.cursor_of(last)),
-                             bound.id_of(last)), len(full), full=Rows(full))
+                             bound.id_of(last)), len(full), full=full)
 
     def page(self, bound: BoundStream, limit: int, after: Position | None = None,
              floor: Any = None, until: Any = None) -> list[Row[Any]]:
@@ -607,14 +600,14 @@ def _columns_of(conn: sa.Connection, dialect: str, name: str, schema: str | None
     """The table with its columns only (name, type, nullable): a pass needs no more,
     and reflecting the whole table (keys, indexes, constraints, comments) costs twice
     the catalog queries. Raises NoSuchTableError."""
-    adapt: Callable[[Any], Any] = lambda kind: kind  # noqa: E731
+    columns = sa.inspect(conn).get_columns(name, schema=schema)
     if dialect == "mysql":
         from connector.dialects import mysql
 
-        adapt = mysql.reflected_type
-    columns = sa.inspect(conn).get_columns(name, schema=schema)
+        for column in columns:
+            column["type"] = mysql.reflected_type(column["type"])
     return sa.Table(name, sa.MetaData(), *(
-        sa.Column(column["name"], adapt(column["type"]), nullable=column["nullable"])
+        sa.Column(column["name"], column["type"], nullable=column["nullable"])
         for column in columns), schema=schema)
 
 
