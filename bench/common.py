@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -357,8 +358,12 @@ def run_child(argv: Sequence[str], cwd: Path = ROOT, env: dict[str, str] | None 
         _pid, status, usage = os.wait4(proc.pid, 0)
         seconds = time.monotonic() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return ChildRun(seconds, usage.ru_maxrss / 1024, proc.returncode,
-                    out_path.read_text(errors="replace"), err_path.read_text(errors="replace"))
+    try:
+        return ChildRun(seconds, usage.ru_maxrss / 1024, proc.returncode,
+                        out_path.read_text(errors="replace"),
+                        err_path.read_text(errors="replace"))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def self_peak_rss_mb() -> float:
