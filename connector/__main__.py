@@ -1,7 +1,5 @@
 """`python -m connector`: the same as the `connector` command."""
 
-import sys
+from connector.cli import run
 
-from connector.cli import main
-
-sys.exit(main())
+run()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import importlib
 import os
 import sys
@@ -64,6 +65,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def run() -> None:
+    """The `connector` console script (and `python -m connector`): `main`, then exit."""
+    code = main()
+    # A command's objects die with its process, yet the interpreter's last act is a full
+    # garbage collection that walks every one of them: about 0.1 s of a short `sync` once
+    # SQLAlchemy and pydantic are loaded. Frozen objects are left out of it. Nothing is
+    # lost: whatever a command opened it has closed, and streams are still flushed.
+    gc.freeze()
+    sys.exit(code)
 
 
 def _resolve(handler: str) -> Handler:

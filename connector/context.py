@@ -36,8 +36,9 @@ class Context:
     # A dry run calls this with (kind, key, body) for every payload it would send.
     on_send: Callable[[SendKind, str, dict[str, Any]], None] | None = None
     # What the last live pass of each stream saw of its window (`probe.Seen`), in this
-    # process: the daemon's next pass reads nothing when the window has not changed.
-    probes: dict[str, Any] = field(default_factory=dict)
+    # process: the daemon's next pass reads nothing when the window has not changed. None:
+    # one pass per stream and the process ends (`connector sync`), so no probe is taken.
+    probes: dict[str, Any] | None = field(default_factory=dict)
 
     @property
     def dry_run(self) -> bool:

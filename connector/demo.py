@@ -235,7 +235,7 @@ def _run(work: Path, api: Sandbox, out: Console, temporary: bool) -> int:
 
 def _pass(settings: config.Settings) -> list[Report]:
     async def go() -> list[Report]:
-        async with session.opened(settings) as ctx:
+        async with session.opened(settings, one_shot=True) as ctx:
             return await session.run_streams(ctx, session.pick_streams(settings, []))
 
     return asyncio.run(go())

@@ -23,7 +23,8 @@ The bound: the window is read in full at least every `reread` (a stream's key, 1
 default; `0s` never skips a read), and held rows (dead letters, waiting events) are looked
 at again on those reads. A change in the blind spot thus arrives at most `reread` plus one
 `every` late, as long as it is still inside the lookback then (`reread` may not exceed
-`lookback`). What was seen is kept in the process: a one-shot `connector sync` always reads.
+`lookback`). What was seen is kept in the process: a one-shot `connector sync` always reads,
+and takes no probe (its figures would die with it).
 """
 
 from __future__ import annotations
@@ -79,8 +80,9 @@ def unchanged(seen: Seen | None, look: Look, now: float, reread: float) -> bool:
 async def look(ctx: Context, pages: StreamPages, watermark: Position | None,
                floor: Any, lookback: Lookback) -> Look | None:
     """The window as the database has it now; None when a pass must read whatever the
-    probe says (the first pass, a window from the start, `reread: 0s`)."""
-    if floor is None or reread_seconds(pages.stream, lookback) <= 0:
+    probe says (the first pass, a window from the start, `reread: 0s`, a one-shot pass that
+    keeps nothing for a next one)."""
+    if ctx.probes is None or floor is None or reread_seconds(pages.stream, lookback) <= 0:
         return None
     rows, highest, total = await asyncio.to_thread(ctx.source.probe, pages.bound, floor)
     return Look(watermark, floor, rows, highest, total)
@@ -89,7 +91,7 @@ async def look(ctx: Context, pages: StreamPages, watermark: Position | None,
 def may_skip(ctx: Context, pages: StreamPages, seen_now: Look | None,
              lookback: Lookback) -> bool:
     """Whether this pass reads nothing: its window did not change since the last read."""
-    if seen_now is None:
+    if seen_now is None or ctx.probes is None:
         return False
     seen = ctx.probes.get(pages.name)
     return unchanged(seen if isinstance(seen, Seen) else None, seen_now, time.monotonic(),
@@ -98,6 +100,8 @@ def may_skip(ctx: Context, pages: StreamPages, seen_now: Look | None,
 
 def remember(ctx: Context, pages: StreamPages, seen_now: Look | None, started: float) -> None:
     """After a full read that ended well: what its probe saw, begun at `started`."""
+    if ctx.probes is None:
+        return
     if seen_now is None:
         ctx.probes.pop(pages.name, None)
     else:

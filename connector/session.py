@@ -20,8 +20,10 @@ from connector.wiraya import Wiraya
 
 @asynccontextmanager
 async def opened(settings: config.Settings, dry_run: bool = False,
-                 stop: StopFlag | None = None) -> AsyncIterator[Context]:
-    """A pass context; everything opened here is closed on the way out."""
+                 stop: StopFlag | None = None, one_shot: bool = False
+                 ) -> AsyncIterator[Context]:
+    """A pass context; everything opened here is closed on the way out. `one_shot`: the
+    caller runs one pass per stream and ends (`connector sync`), so passes take no probe."""
     for secret in settings.source.secrets:
         logs.register_secret(secret)
     source = Source(settings.source)
@@ -34,6 +36,8 @@ async def opened(settings: config.Settings, dry_run: bool = False,
                 ctx = Context(settings, source, state, api)
                 if stop is not None:
                     ctx.stop = stop
+                if one_shot:
+                    ctx.probes = None
                 yield ctx
             finally:
                 if api is not None:

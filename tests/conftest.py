@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -237,10 +238,32 @@ def run_passes(path: Path, *streams: str, how: How | None = None,
     settings = config.load(path)
 
     async def go() -> list[Report]:
-        async with session.opened(settings, dry_run=dry_run) as ctx:
+        async with session.opened(settings, dry_run=dry_run, one_shot=True) as ctx:
             return await session.run_streams(ctx, session.pick_streams(settings, streams), how)
 
     return {report.stream: report for report in asyncio.run(go())}
+
+
+def connector_statements(db: Database, run: Any) -> list[str]:
+    """The statements the connector's role ran on `customers` while `run` ran, from the
+    server's own log (log_statement for that role in this database)."""
+    log = db.server.root / "server.log"
+    db.execute(f'ALTER ROLE {DB_USER} IN DATABASE "{db.name}" SET log_statement = \'all\'')
+    start = log.stat().st_size
+    try:
+        run()
+    finally:
+        db.execute(f'ALTER ROLE {DB_USER} IN DATABASE "{db.name}" RESET log_statement')
+    with log.open(encoding="utf-8", errors="replace") as text:
+        text.seek(start)
+        entries = re.split(r"\n(?=\d{4}-\d\d-\d\d )", text.read())
+    statements: list[str] = []
+    for entry in entries:
+        if "DETAIL:  parameters:" in entry and statements:
+            statements[-1] += " " + entry.split("DETAIL:", 1)[1]  # the values bound
+        elif "FROM public.customers" in entry:
+            statements.append(" ".join(entry.split()))
+    return statements
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120,

@@ -228,6 +228,11 @@ FAULTS: list[Fault] = [
        "lookback), started)",
        "tests/test_fresh.py::test_a_change_committed_while_a_pass_reads_is_read_by_the_next",
        why="the probe is taken after the read: a change committed meanwhile is never read"),
+    _f("one-shot-probes", "connector/commands/sync.py",
+       "stop=session.stop_on_signals(), one_shot=True) as ctx:",
+       "stop=session.stop_on_signals(), one_shot=False) as ctx:",
+       "tests/test_fresh.py::test_a_one_shot_sync_reads_its_window_and_takes_no_probe",
+       why="a one-shot `connector sync` pays for a probe whose figures die with it"),
     _f("reread-not-cut", "connector/probe.py", "for window in (stream.lookback, lookback):",
        "for window in (stream.lookback,):",
        "tests/test_fresh.py::test_a_reread_is_cut_to_the_lookback_the_pass_uses_when_none_is_"

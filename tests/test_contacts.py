@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import re
 import sqlite3
 import stat
 import time
@@ -22,9 +21,9 @@ from connector.sync import Report, run_pass
 from tests.conftest import (
     API_KEY,
     CUSTOMERS,
-    DB_USER,
     Database,
     add_customers,
+    connector_statements,
     customers_stream,
     run_passes,
 )
@@ -336,28 +335,6 @@ def test_reads_run_in_read_only_transactions(db: Database) -> None:
             assert isinstance(caught.value.orig, psycopg.errors.ReadOnlySqlTransaction)
     finally:
         source.close()
-
-
-def connector_statements(db: Database, run: Any) -> list[str]:
-    """The statements the connector's role ran on `customers` while `run` ran, from the
-    server's own log (log_statement for that role in this database)."""
-    log = db.server.root / "server.log"
-    db.execute(f'ALTER ROLE {DB_USER} IN DATABASE "{db.name}" SET log_statement = \'all\'')
-    start = log.stat().st_size
-    try:
-        run()
-    finally:
-        db.execute(f'ALTER ROLE {DB_USER} IN DATABASE "{db.name}" RESET log_statement')
-    with log.open(encoding="utf-8", errors="replace") as text:
-        text.seek(start)
-        entries = re.split(r"\n(?=\d{4}-\d\d-\d\d )", text.read())
-    statements: list[str] = []
-    for entry in entries:
-        if "DETAIL:  parameters:" in entry and statements:
-            statements[-1] += " " + entry.split("DETAIL:", 1)[1]  # the values bound
-        elif "FROM public.customers" in entry:
-            statements.append(" ".join(entry.split()))
-    return statements
 
 
 def test_a_first_sync_reads_whole_pages_and_keeps_the_servers_digests(

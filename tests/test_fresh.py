@@ -23,7 +23,14 @@ from connector.sandbox import Sandbox
 from connector.state import DaemonLock
 from connector.statefile import StateWatch
 from connector.sync import Context, Report, run_pass
-from tests.conftest import CUSTOMERS, Database, add_customers, customers_stream
+from tests.conftest import (
+    CUSTOMERS,
+    Database,
+    add_customers,
+    cli,
+    connector_statements,
+    customers_stream,
+)
 from tests.daemons import Daemon, daemons_fixture, wait_for  # noqa: F401 - a fixture
 from tests.mariadb_fixtures import CUSTOMERS as MARIA_CUSTOMERS
 from tests.mariadb_fixtures import (  # noqa: F401 - fixtures
@@ -161,6 +168,21 @@ def test_the_blind_spot_is_read_within_reread(passes: Any, db: Database,
     report = session.run()
     assert report.counts.read == 10 and report.counts.sent == 1
     assert api.contacts["2"]["general"]["city"] == "Quiet"
+
+
+@pytest.mark.slow
+def test_a_one_shot_sync_reads_its_window_and_takes_no_probe(
+        db: Database, api: Sandbox, write_config: Any) -> None:
+    """`connector sync` runs one pass per stream and ends: what a probe saw would die with
+    it, so it asks for none (the server's own log), and it always reads its window."""
+    db.execute(CUSTOMERS)
+    add_customers(db, 1, 10, at="now() - interval '1 minute'")
+    path = write_config(contacts={"customers": customers_stream()})
+    assert cli("-c", str(path), "sync").returncode == 0
+    statements = connector_statements(db, lambda: cli("-c", str(path), "sync"))
+    reads = [line for line in statements if "ORDER BY" in line]
+    assert reads and not [line for line in statements if "sum(" in line], statements
+    assert len(api.contacts) == 10
 
 
 def test_reread_zero_reads_every_pass(passes: Any) -> None:

@@ -38,7 +38,7 @@ def sync(args: argparse.Namespace) -> int:
 
     async def go() -> list[Report]:
         async with session.opened(loaded, dry_run=args.dry_run,
-                                  stop=session.stop_on_signals()) as ctx:
+                                  stop=session.stop_on_signals(), one_shot=True) as ctx:
             ctx.on_send = shown
             return await session.run_streams(ctx, names,
                                              Reconcile() if args.reconcile else None)
@@ -144,7 +144,8 @@ def dead_retry(args: argparse.Namespace) -> int:
     names = session.pick_streams(loaded, [args.stream] if args.stream else [])
 
     async def go() -> list[Report]:
-        async with session.opened(loaded, stop=session.stop_on_signals()) as ctx:
+        async with session.opened(loaded, stop=session.stop_on_signals(),
+                                  one_shot=True) as ctx:
             return await session.run_streams(ctx, names, Retry())
 
     reports = asyncio.run(go())
