@@ -20,10 +20,8 @@ from decimal import Decimal
 from functools import partial
 from typing import Any
 
-import phonenumbers
-
 from connector import config
-from connector.phone import canonical_digits
+from connector.phone import canonical_digits, library_version
 from connector.values import iso_z
 
 MAPPING_VERSION = "1"  # bump when a change here alters what a row maps to
@@ -176,6 +174,8 @@ def phone_digits(value: Any, region: str | None) -> str:
     digits = canonical_digits(text)  # the same answer, ~20x cheaper, for `+` and digits
     if digits is not None:
         return digits
+    import phonenumbers  # here, not at the top: see phone.py
+
     try:
         number = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException:
@@ -369,7 +369,7 @@ class ContactMapper:
                         _getter(names, event.at) if event.at else None)
                        for event in stream.events]
         # What shapes the mapping besides the row: a change re-maps every row read.
-        self.salt = f"{MAPPING_VERSION}|{phonenumbers.__version__}|{zone}|{stream.fingerprint()}"
+        self.salt = f"{MAPPING_VERSION}|{library_version()}|{zone}|{stream.fingerprint()}"
         self._key = hashlib.blake2b(self.salt.encode(), digest_size=32).digest()
         # The database may digest the salt and the row's values itself (`Source`, on
         # PostgreSQL); then `input_digest` is not called at all.

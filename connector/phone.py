@@ -10,15 +10,23 @@ It answers only when it is sure, and with what `phonenumbers` gives: the E.164 d
 valid number. Anything else (another shape, a national prefix after the country code, a
 number it finds invalid) gets `None`, and the caller takes the full path, which gives the
 number or the reason it is refused. `tests/test_phone.py` checks it against the full path.
+
+`phonenumbers` is imported when the first number is looked at (about 20 ms): a pass that
+finds nothing changed maps no row and never needs it. `library_version` reads its version
+from the installed package's metadata instead.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from phonenumbers import COUNTRY_CODE_TO_REGION_CODE
-from phonenumbers.phonemetadata import PhoneMetadata, PhoneNumberDesc
+if TYPE_CHECKING:
+    from phonenumbers.phonemetadata import PhoneMetadata, PhoneNumberDesc
 
 _CANONICAL = re.compile(r"\+([1-9][0-9]{2,19})", re.ASCII)
 _NSN_LENGTHS = range(2, 18)  # what `phonenumbers.parse` keeps as a national number
@@ -106,7 +114,9 @@ class _Country:
 
 
 def _country(code: int) -> _Country | None:
-    names = COUNTRY_CODE_TO_REGION_CODE[code]
+    from phonenumbers.phonemetadata import PhoneMetadata
+
+    names = _calling_codes()[code]
     if names == (_NON_GEO,):
         found = [PhoneMetadata.metadata_for_nongeo_region(code, None)]
     else:
@@ -123,6 +133,24 @@ def _country(code: int) -> _Country | None:
 _countries: dict[int, _Country | None] = {}
 
 
+@functools.cache
+def _calling_codes() -> Mapping[int, tuple[str, ...]]:
+    from phonenumbers import COUNTRY_CODE_TO_REGION_CODE
+
+    return COUNTRY_CODE_TO_REGION_CODE
+
+
+@functools.cache
+def library_version() -> str:
+    """The installed `phonenumbers`' version (its metadata: shapes every mapped number)."""
+    try:
+        return importlib.metadata.version("phonenumbers")
+    except importlib.metadata.PackageNotFoundError:  # not installed as a distribution
+        import phonenumbers
+
+        return str(phonenumbers.__version__)
+
+
 def canonical_digits(text: str) -> str | None:
     """The E.164 digits (no `+`) of a valid number written `+` and digits, else None.
     Spaces, dashes, dots and parentheses between them are dropped first, as `parse` does."""
@@ -132,9 +160,10 @@ def canonical_digits(text: str) -> str | None:
     if match is None:
         return None
     digits = match.group(1)
+    codes = _calling_codes()
     for size in (1, 2, 3):
         code = int(digits[:size])
-        if code in COUNTRY_CODE_TO_REGION_CODE:
+        if code in codes:
             break
     else:
         return None

@@ -36,7 +36,7 @@ from connector.errors import ApiUnavailable, AuthError, WirayaError
 from connector.proxies import proxy_for
 from connector.replies import Delivery, Reply, Result, Route, describe, judge, outcome
 from connector.retry import Clock, Pacer, Policy, SystemClock
-from connector.transport import Lanes, Request, Transport, TransportError
+from connector.transport import OnFirstUse, Request, Transport, TransportError
 
 __all__ = ["Result", "Wiraya", "contact_path", "parse_expiry"]
 
@@ -324,14 +324,22 @@ async def fan_out(concurrency: int, items: list[T],
     await _gather([worker() for _ in range(min(concurrency, len(items)))])
 
 
-def _default_transport(settings: config.Wiraya) -> Lanes:
+def _default_transport(settings: config.Wiraya) -> Transport:
+    """Keep-alive lanes, made at the first request; the proxy is decided now, so that a bad
+    proxy setting fails at start."""
     proxy = proxy_for(settings.base_url)
     if proxy is not None:
         log.info("calls to %s go through the proxy %s (%s)",
                  urlsplit(settings.base_url).hostname, proxy.url, proxy.source)
     tls = urlsplit(settings.base_url).scheme == "https" or (
         proxy is not None and urlsplit(proxy.url).scheme == "https")
-    return Lanes(settings.concurrency, settings.timeout.total_seconds(), proxy, tls=tls)
+
+    def lanes() -> Transport:
+        from connector.lanes import Lanes
+
+        return Lanes(settings.concurrency, settings.timeout.total_seconds(), proxy, tls=tls)
+
+    return OnFirstUse(lanes)
 
 
 _HEADERS = (("Content-Type", "application/json; charset=utf-8"),

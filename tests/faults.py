@@ -233,6 +233,18 @@ FAULTS: list[Fault] = [
        "stop=session.stop_on_signals(), one_shot=False) as ctx:",
        "tests/test_fresh.py::test_a_one_shot_sync_reads_its_window_and_takes_no_probe",
        why="a one-shot `connector sync` pays for a probe whose figures die with it"),
+    _f("eager-http-client", "connector/wiraya.py", "    return OnFirstUse(lanes)",
+       "    return lanes()",
+       "tests/test_cli_commands.py::test_a_sync_with_nothing_to_send_imports_no_http_client_"
+       "and_no_phone_library",
+       why="a pass with nothing to send pays for importing httpcore"),
+    _f("eager-phone-library", "connector/mapping.py",
+       "from connector.phone import canonical_digits, library_version",
+       "import phonenumbers  # noqa: F401\n"
+       "from connector.phone import canonical_digits, library_version",
+       "tests/test_cli_commands.py::test_a_sync_with_nothing_to_send_imports_no_http_client_"
+       "and_no_phone_library",
+       why="a pass that maps no row pays for importing phonenumbers"),
     _f("reread-not-cut", "connector/probe.py", "for window in (stream.lookback, lookback):",
        "for window in (stream.lookback,):",
        "tests/test_fresh.py::test_a_reread_is_cut_to_the_lookback_the_pass_uses_when_none_is_"

@@ -140,6 +140,33 @@ def test_help_and_status_import_only_what_they_need(tmp_path: Path) -> None:
     assert help_only.stdout.splitlines()[-1] == "[]"
 
 
+@pytest.mark.slow
+def test_a_sync_with_nothing_to_send_imports_no_http_client_and_no_phone_library(
+        db: Database, api: Sandbox, write_config: Any) -> None:
+    """A short pass that finds nothing changed maps no row and sends nothing: it loads
+    neither httpcore (and its asyncio backend) nor phonenumbers. One that sends loads both."""
+    db.execute(CUSTOMERS)
+    add_customers(db, 1, 20, at="now() - interval '1 minute'")
+    path = write_config(contacts={"customers": customers_stream()})
+    late = ["httpcore", "anyio", "h11", "phonenumbers"]
+    probe = ("import sys, contextlib\nfrom connector.cli import main\n"
+             "code = main(sys.argv[1:])\n"
+             f"print('LOADED', code, sorted(m for m in {late!r} if m in sys.modules))")
+
+    def loaded() -> str:
+        result = subprocess.run([sys.executable, "-c", probe, "-c", str(path), "sync"],
+                                capture_output=True, text=True, check=False, timeout=60)
+        return result.stdout.splitlines()[-1]
+
+    assert loaded() == f"LOADED 0 {sorted(late)}"  # the first sync sends 20
+    assert len(api.contacts) == 20
+    assert loaded() == "LOADED 0 []"  # 20 rows read in the lookback, none changed
+    db.execute("UPDATE customers SET city = 'Moved', updated_at = now() "
+               "WHERE customer_id = 7")
+    assert loaded() == f"LOADED 0 {sorted(late)}"
+    assert api.contacts["7"]["general"]["city"] == "Moved"
+
+
 # -- sync --json and the dry run ------------------------------------------------------------
 
 ORDERS = """

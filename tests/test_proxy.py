@@ -25,9 +25,9 @@ import pytest
 
 from connector import config, logs
 from connector.errors import ApiUnavailable, ConfigError
+from connector.lanes import Lanes
 from connector.proxies import proxy_for
 from connector.sandbox import Sandbox
-from connector.transport import Lanes
 from connector.wiraya import Wiraya
 
 proxy_module = pytest.importorskip("proxy", reason="proxy.py (pip install proxy.py) is needed")

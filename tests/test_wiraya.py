@@ -23,10 +23,11 @@ import pytest
 
 from connector import config
 from connector.errors import ApiUnavailable, AuthError
+from connector.lanes import translate
 from connector.replies import Result
 from connector.retry import Policy
 from connector.sandbox import Faults, Sandbox
-from connector.transport import Ready, Request, Response, TransportError, translate
+from connector.transport import Ready, Request, Response, TransportError
 from connector.wiraya import Wiraya, contact_path, parse_expiry
 
 KEY = "client-test-key-91c2"
