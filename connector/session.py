@@ -10,7 +10,7 @@ import signal
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
-from connector import config, logs
+from connector import config, heap, logs
 from connector.errors import ConfigError
 from connector.source import Source
 from connector.state import State
@@ -38,6 +38,7 @@ async def opened(settings: config.Settings, dry_run: bool = False,
                     ctx.stop = stop
                 if one_shot:
                     ctx.probes = None
+                heap.release()  # what passes need is loaded: collect again from here
                 yield ctx
             finally:
                 if api is not None:

@@ -167,6 +167,23 @@ def test_a_sync_with_nothing_to_send_imports_no_http_client_and_no_phone_library
     assert api.contacts["7"]["general"]["city"] == "Moved"
 
 
+@pytest.mark.slow
+def test_the_console_script_collects_garbage_again_once_a_pass_begins(
+        db: Database, api: Sandbox, write_config: Any) -> None:
+    """The console script holds the garbage collector off while it starts (heap.py); a
+    first sync that stayed that way would keep every reference cycle it makes."""
+    db.execute(CUSTOMERS)
+    add_customers(db, 1, 20)
+    path = write_config(contacts={"customers": customers_stream()})
+    probe = ("import gc, sys\nfrom connector import cli, heap\nheap.hold()\n"
+             "held = gc.isenabled()\ncode = cli.main(sys.argv[1:])\n"
+             "print('GC', held, gc.isenabled(), gc.get_freeze_count() > 10_000, code)")
+    result = subprocess.run([sys.executable, "-c", probe, "-c", str(path), "sync"],
+                            capture_output=True, text=True, check=False, timeout=60)
+    assert result.stdout.splitlines()[-1] == "GC False True True 0", result.stderr
+    assert len(api.contacts) == 20
+
+
 # -- sync --json and the dry run ------------------------------------------------------------
 
 ORDERS = """
