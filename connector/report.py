@@ -123,18 +123,19 @@ def _check_streams(settings: config.Settings, source: Source) -> list[tuple[str,
         place = f"{section}.{name}"
         try:
             bound = source.bind(name, stream, section)
+            is_view = source.is_view(bound)
         except SourceError as exc:
             findings.append(("fail", str(exc)))
             continue
         order = f"cursor {stream.cursor} ({bound.cursor_kind})" if bound.cursor_kind != "none" \
             else "cursor none: each pass compares the whole table"
-        findings.append(("ok", f"{place}: {stream.table} ({'view' if bound.is_view else 'table'})"
+        findings.append(("ok", f"{place}: {stream.table} ({'view' if is_view else 'table'})"
                                f", id {stream.id}, {order}"))
         try:
             resolve_lookback(place, stream.cursor, bound.cursor_kind, stream.lookback)
         except SourceError as exc:
             findings.append(("fail", str(exc)))
-        if bound.is_view:
+        if is_view:
             findings.append(("warn", f"{place}: {stream.table} is a view; make sure the "
                                      f"table under it has an index on {stream.cursor}"))
         elif not source.cursor_indexed(bound):

@@ -51,7 +51,6 @@ class BoundStream:
     cursor_nullable: bool
     id_nullable: bool
     id_is_integer: bool
-    is_view: bool
     # When set (PostgreSQL), the server digests each row read, seeded with this salt: pages
     # are then read narrow, and full rows come with their digests (`Rows.digests`).
     digest_salt: str | None = None
@@ -249,10 +248,19 @@ class _Server:
         firsts += (primary.get("constrained_columns") or [])[:1]
         return bound.cursor.name in firsts
 
+    def is_view(self, bound: BoundStream) -> bool:
+        """Whether the stream reads a view (for `connector check`; a pass need not know)."""
+        try:
+            with self.engine.connect() as conn:
+                views = sa.inspect(conn).get_view_names(schema=bound.table.schema)
+        except sa.exc.SQLAlchemyError as exc:
+            raise SourceError(f"{bound.name}: cannot list views: {describe(exc)}") from None
+        return bound.table.name in views
+
     def table_identity(self, bound: BoundStream) -> str | None:
         """What changes when the table is truncated or recreated (PostgreSQL: its oid and
-        file node); None where the database cannot tell."""
-        if self.dialect != "postgresql" or bound.is_view:
+        file node); None where the database cannot tell, and for a view (no file node)."""
+        if self.dialect != "postgresql":
             return None
         query = sa.text("SELECT oid::text || '/' || pg_relation_filenode(oid)::text "
                         "FROM pg_class WHERE oid = to_regclass(:name)")
@@ -369,8 +377,6 @@ class Source(_WholeTable, _TextTimes):
         try:
             with self.engine.connect() as conn:
                 table = _columns_of(conn, self.dialect, stream.table.name, stream.table.schema_)
-                is_view = stream.table.name in sa.inspect(conn).get_view_names(
-                    schema=stream.table.schema_)
         except sa.exc.NoSuchTableError:
             raise SourceError(f"{place}.table: no table or view named {stream.table} in "
                               f"{self.settings.display_url}; check the name and the schema "
@@ -404,7 +410,7 @@ class Source(_WholeTable, _TextTimes):
             cursor_kind=cast(CursorKind, kind),
             cursor_nullable=bool(text_time or getattr(cursor, "nullable", True)),
             id_nullable=bool(id_column.nullable),
-            id_is_integer=isinstance(id_column.type, sa.Integer), is_view=is_view)
+            id_is_integer=isinstance(id_column.type, sa.Integer))
         self._bound[name] = bound
         return bound
 

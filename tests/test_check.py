@@ -33,6 +33,7 @@ from tests.conftest import (
     add_customers,
     cli,
     customers_stream,
+    run_passes,
 )
 from tests.pgserver import PgServer
 
@@ -47,6 +48,41 @@ def assert_no_secret(findings: list[tuple[str, str]]) -> None:
     for _level, message in findings:
         assert API_KEY not in message
         assert DB_PASSWORD not in message
+
+
+# -- a view ---------------------------------------------------------------------------------
+
+
+def test_a_stream_over_a_view_is_checked_as_one_and_synced(db: Database, api: Sandbox,
+                                                           write_config: Any) -> None:
+    """`check` tells a view from a table (a pass need not know); a view has no file node,
+    so a pass never takes it for a recreated table and reads on from its watermark."""
+    db.execute(CUSTOMERS)
+    db.execute("CREATE VIEW active_customers AS SELECT * FROM customers "
+               "WHERE status = 'active'")
+    add_customers(db, 1, 5)
+    tables = write_config(contacts={"customers": customers_stream()})
+    assert ("ok", "contacts.customers: public.customers (table), id customer_id, cursor "
+                  "updated_at (timestamptz)") in run_check(tables)
+    views = write_config(contacts={"customers": customers_stream(
+        table="public.active_customers")})
+    found = run_check(views)
+    assert ("ok", "contacts.customers: public.active_customers (view), id customer_id, "
+                  "cursor updated_at (timestamptz)") in found
+    assert ("warn", "contacts.customers: public.active_customers is a view; make sure the "
+                    "table under it has an index on updated_at") in found
+
+    source = Source(config.load(views).source)
+    try:
+        bound = source.bind("customers", config.load(views).contacts["customers"], "contacts")
+        assert source.table_identity(bound) is None
+    finally:
+        source.close()
+    assert run_passes(views)["customers"].counts.sent == 5
+    add_customers(db, 6, 1)
+    again = run_passes(views)["customers"]
+    assert (again.counts.sent, again.counts.read) == (1, 6)  # the lookback's rows, no restart
+    assert len(api.contacts) == 6
 
 
 # -- a standby ------------------------------------------------------------------------------
