@@ -8,6 +8,10 @@ collector off (`hold`) until the first pass context is open (`release`); then wh
 is frozen (never walked again) and collection resumes for what the passes make. Objects
 made at start-up are freed by their reference counts as ever; only cycles among them wait.
 
+`release` is called where a pass context opens (`session.opened`: sync, run, backfill,
+the demo) and where a command serves until stopped (the sandbox). A short command that
+calls neither (status, check, init) runs to its end without collections.
+
 Only the console script holds: a process that imports the connector as a library (the
 tests) keeps its collector as it was, and `release` does nothing there.
 """

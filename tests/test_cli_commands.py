@@ -24,6 +24,7 @@ from tests.conftest import (
     add_customers,
     customers_stream,
 )
+from tests.ports import free_port
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -182,6 +183,18 @@ def test_the_console_script_collects_garbage_again_once_a_pass_begins(
                             capture_output=True, text=True, check=False, timeout=60)
     assert result.stdout.splitlines()[-1] == "GC False True True 0", result.stderr
     assert len(api.contacts) == 20
+
+
+@pytest.mark.slow
+def test_the_sandbox_command_collects_garbage_while_it_serves() -> None:
+    """The sandbox serves until stopped: it must not keep the collector held (heap.py)."""
+    probe = ("import gc, os, sys, threading\nfrom connector import cli, heap\nheap.hold()\n"
+             "def report():\n    print('GC', gc.isenabled(), flush=True)\n    os._exit(0)\n"
+             "threading.Timer(2.0, report).start()\ncli.main(sys.argv[1:])\n")
+    result = subprocess.run([sys.executable, "-c", probe, "sandbox", "--port",
+                             str(free_port())], capture_output=True, text=True, check=False,
+                            timeout=60)
+    assert result.stdout.splitlines()[-1] == "GC True", result.stdout + result.stderr
 
 
 # -- sync --json and the dry run ------------------------------------------------------------

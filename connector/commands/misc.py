@@ -8,12 +8,14 @@ import sys
 import time
 from pathlib import Path
 
-from connector import logs
+from connector import heap, logs
 from connector.commands import output
 
 
 def sandbox(args: argparse.Namespace) -> int:
     from connector.sandbox import Faults, Sandbox
+
+    heap.release()  # a server that runs until stopped collects its garbage as ever
 
     faults = Faults(latency=args.latency, error_rate=args.error_rate, drop_rate=args.drop_rate,
                     rate_limit=args.rate_limit, token_lifetime=args.token_lifetime,
