@@ -254,6 +254,23 @@ def _a_moved_row_is_seen(session: Passes, api: Sandbox, move: Any) -> None:
     session.until_idle()
 
 
+def test_the_probe_on_a_postgresql_date_cursor(db: Database, api: Sandbox,
+                                               write_config: Any) -> None:
+    """A date cursor is summed as whole days from the window's floor: the probe's own
+    branch for dates on PostgreSQL."""
+    db.execute(CUSTOMERS)
+    add_customers(db, 1, 10)
+    db.execute("UPDATE customers SET birth_date = current_date - 20 + customer_id::int")
+    session = Passes(write_config(contacts={"customers": customers_stream(
+        cursor="birth_date", lookback="30d")}))
+    try:
+        _a_moved_row_is_seen(session, api, lambda: db.execute(  # a day later, below row 10
+            "UPDATE customers SET city = 'Moved', birth_date = birth_date + 1 "
+            "WHERE customer_id = 5"))
+    finally:
+        session.close()
+
+
 @pytest.mark.slow
 def test_the_probe_on_mariadb(mdb: MariaDatabase, maria_config: Any, api: Sandbox) -> None:
     mdb.execute(MARIA_CUSTOMERS)
