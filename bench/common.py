@@ -244,8 +244,7 @@ class SandboxProcess:
 
     def cpu_seconds(self) -> float:
         """CPU time (user + system, all threads) the sandbox process has used so far."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.proc.pid)
 
     def faults(self, **changes: Any) -> Any:
         return self.admin("POST", "faults", changes)
@@ -258,13 +257,7 @@ class SandboxProcess:
         return dict(self.admin("GET", "summary"))
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_child(self.proc, 10)
         self._out.close()
 
     def __enter__(self) -> SandboxProcess:
@@ -364,6 +357,24 @@ def run_child(argv: Sequence[str], cwd: Path = ROOT, env: dict[str, str] | None 
                         err_path.read_text(errors="replace"))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads), in seconds, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def stop_child(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    """SIGTERM, then SIGKILL after `timeout` seconds; the exit code."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
 
 
 def self_peak_rss_mb() -> float:

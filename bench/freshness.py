@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -105,12 +104,6 @@ class Idle:
 # CPU time from /proc
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def postgres_pids(server: Any) -> list[int]:
     """The postmaster (first line of postmaster.pid) and its children."""
     postmaster = int((server.data / "postmaster.pid").read_text().split()[0])
@@ -131,7 +124,7 @@ def postgres_cpu(server: Any) -> dict[int, float]:
     times = {}
     for pid in postgres_pids(server):
         try:
-            times[pid] = cpu_seconds(pid)
+            times[pid] = common.cpu_seconds(pid)
         except OSError:  # exited meanwhile
             continue
     return times
@@ -147,7 +140,7 @@ class CpuMeter:
     def start(self) -> None:
         self.at = time.monotonic()
         self.pg = postgres_cpu(self.server)
-        self.daemon = cpu_seconds(self.daemon_pid) if self.daemon_pid else 0.0
+        self.daemon = common.cpu_seconds(self.daemon_pid) if self.daemon_pid else 0.0
 
     def stop(self) -> dict[str, float]:
         seconds = time.monotonic() - self.at
@@ -155,7 +148,7 @@ class CpuMeter:
         used = sum(now - self.pg.get(pid, 0.0) for pid, now in pg.items())
         out = {"postgresql": 100 * used / seconds}
         if self.daemon_pid:
-            out["connector"] = 100 * (cpu_seconds(self.daemon_pid) - self.daemon) / seconds
+            out["connector"] = 100 * (common.cpu_seconds(self.daemon_pid) - self.daemon) / seconds
         return out
 
 
@@ -217,15 +210,9 @@ class Daemon:
             f'connector_rows_total{{outcome="read",stream="{stream}"}}', 0.0)
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        code = common.stop_child(self.proc, 30)
         self._out.close()
-        return self.proc.returncode
+        return code
 
     def tail(self) -> str:
         return self.out_path.read_text(errors="replace")[-2000:]
